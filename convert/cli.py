@@ -1,0 +1,53 @@
+"""`vgg-jax convert` / `python -m convert`: arguments and the call into the converter, nothing more."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from vgg_jax import arch
+from vgg_jax.errors import UserError
+from vgg_jax.paths import imagenet_params_path
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("source", nargs="?", help="Keras weights file: .h5 (any Keras version), .weights.h5 or .keras")
+    p.add_argument("-o", "--output", help="params file to write (default: SOURCE with .safetensors)")
+    p.add_argument("--download", choices=["vgg16", "vgg16-notop", "vgg19", "vgg19-notop"],
+                   help="fetch the official Keras ImageNet file (md5-checked, cached) and convert it")
+    p.add_argument("--arch", choices=list(arch.DEPTHS), help="expected architecture (default: detected)")
+    p.add_argument("--kernels", choices=["theano", "tf"],
+                   help="override the detected kernel convention (theano = stored flipped, for true convolution)")
+    top = p.add_mutually_exclusive_group()
+    top.add_argument("--include-top", dest="include_top", action="store_true", default=None,
+                     help="require fc1/fc2/predictions (error on a no-top file)")
+    top.add_argument("--no-top", dest="include_top", action="store_false", help="keep conv layers only")
+
+
+def run(args: argparse.Namespace) -> int:
+    from convert import convert_file
+    from convert.download import fetch
+
+    if bool(args.source) == bool(args.download):
+        raise UserError("give either a SOURCE file or --download NAME")
+    if args.download:
+        source = fetch(args.download)
+        output = Path(args.output) if args.output else imagenet_params_path(args.download)
+    else:
+        source = Path(args.source)
+        output = Path(args.output) if args.output else source.with_name(source.name.split(".")[0] + ".safetensors")
+    report = convert_file(source, output, args.arch, args.include_top, args.kernels)
+    print(report)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m convert", description="Convert Keras VGG weights to a vgg-jax params file.")
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    try:
+        return run(args)
+    except UserError as e:
+        print(f"convert: error: {e}", file=sys.stderr)
+        return 2

@@ -1,0 +1,242 @@
+"""Map a Source's layers onto canonical VGG params: pick the architecture, check shapes, undo Theano conventions.
+
+Canonical = Keras layer names, Flax shapes: conv kernels HWIO for correlation, fc1 rows in NHWC
+flatten order (h, w, c). See DESIGN.md "Canonical params layout" and REFERENCE.md section 1d.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Iterator
+
+import numpy as np
+
+from convert.source import Layer, Source, natural_key
+from vgg_jax import arch
+from vgg_jax.errors import UserError
+
+CANONICAL_CONV = re.compile(r"block(\d+)_conv(\d+)$")
+
+
+@dataclass
+class Plan:
+    """What the converter will do: which source layer becomes which canonical layer, and how."""
+
+    arch: str
+    include_top: bool
+    classes: int
+    layout: str  # "hwio" (Keras >= 1 tf/channels_last) or "oihw" (Theano dim ordering)
+    kernels: str  # "tf" (correlation) or "theano" (true convolution: kernels stored flipped)
+    kernels_reason: str
+    mapping: list[tuple[str, Layer]]  # (canonical layer name, source layer)
+    dropped: list[str] = field(default_factory=list)
+
+    @property
+    def fc1_order(self) -> str:
+        """Row order of fc1: Theano dim ordering flattens (c, h, w); channels_last flattens (h, w, c)."""
+        return "chw" if self.layout == "oihw" else "hwc"
+
+    @property
+    def shapes(self) -> dict[str, tuple[int, ...]]:
+        return arch.param_shapes(arch.DEPTHS[self.arch], include_top=self.include_top, classes=self.classes)
+
+    @property
+    def transforms(self) -> list[str]:
+        steps = []
+        if self.layout == "oihw":
+            steps.append("conv kernels OIHW -> HWIO")
+        if self.kernels == "theano":
+            steps.append("conv kernels rotated 180 degrees (Theano convolution -> correlation)")
+        if self.include_top and self.fc1_order == "chw":
+            steps.append("fc1 rows reordered (c,h,w) -> (h,w,c)")
+        if self.dropped:
+            steps.append(f"dropped top layers {', '.join(self.dropped)}")
+        return steps
+
+
+def plan(
+    source: Source,
+    want_arch: str | None = None,
+    include_top: bool | None = None,
+    kernels: str | None = None,
+) -> Plan:
+    """Decides the mapping for `source`; raises UserError (naming the file) when it is not a usable VGG."""
+    path = source.path
+    convs = [l for l in source.layers if l.kind == "conv"]
+    denses = [l for l in source.layers if l.kind == "dense"]
+    _reject_non_vgg(source, convs, denses)
+
+    layout = _kernel_layout(source, convs)
+    conv_names, name = _conv_mapping(source, convs, want_arch)
+    if len(denses) not in (0, 3):
+        raise UserError(
+            f"{path}: {len(denses)} dense layer(s) ({', '.join(l.name for l in denses)}); "
+            "a VGG file has none (no-top) or three (fc1, fc2, predictions)"
+        )
+    has_top = len(denses) == 3
+    if include_top and not has_top:
+        raise UserError(f"{path}: a no-top file (conv layers only), but the top (fc1, fc2, predictions) is needed; use the full weights file")
+    keep_top = has_top if include_top is None else include_top
+    mapping = list(zip(conv_names, convs))
+    dropped = []
+    if has_top:
+        by_name = {l.name: l for l in denses}
+        if set(by_name) == set(arch.TOP_LAYERS):
+            denses = [by_name[n] for n in arch.TOP_LAYERS]
+        elif source.format in ("keras3", "keras3-archive"):
+            denses = sorted(denses, key=lambda l: natural_key(l.path or l.name))
+        if keep_top:
+            mapping += list(zip(arch.TOP_LAYERS, denses))
+        else:
+            dropped = list(arch.TOP_LAYERS)
+    classes = denses[-1].shapes[0][1] if keep_top else 1000
+
+    if kernels is None:
+        kernels, reason = _detect_kernels(source, layout)
+    else:
+        reason = f"--kernels {kernels} (override)"
+    result = Plan(name, keep_top, classes, layout, kernels, reason, mapping, dropped)
+    _check_shapes(source, result)
+    return result
+
+
+def oihw_to_hwio(kernel: np.ndarray) -> np.ndarray:
+    """Theano dim ordering (out, in, h, w) -> (h, w, in, out); a pure layout change."""
+    return kernel.transpose(2, 3, 1, 0)
+
+
+def rotate_180(kernel_hwio: np.ndarray) -> np.ndarray:
+    """A true-convolution kernel -> the cross-correlation kernel that gives the same output."""
+    return kernel_hwio[::-1, ::-1]
+
+
+def fc1_rows_chw_to_hwc(kernel: np.ndarray, side: int = arch.IMAGE_SIZE // 32) -> np.ndarray:
+    """fc1 rows from channels-first flatten order (c, h, w) to NHWC flatten order (h, w, c)."""
+    channels = kernel.shape[0] // (side * side)
+    return kernel.reshape(channels, side, side, -1).transpose(1, 2, 0, 3).reshape(kernel.shape[0], -1)
+
+
+def arrays(source: Source, p: Plan) -> Iterator[tuple[str, np.ndarray]]:
+    """Canonical ("block1_conv1/kernel", array) pairs, read and transformed one layer at a time."""
+    for name, layer in p.mapping:
+        kernel = layer.read(0)
+        if layer.kind == "conv":
+            if p.layout == "oihw":
+                kernel = oihw_to_hwio(kernel)
+            if p.kernels == "theano":
+                kernel = rotate_180(kernel)
+        elif name == "fc1" and p.fc1_order == "chw":
+            kernel = fc1_rows_chw_to_hwc(kernel)
+        yield f"{name}/kernel", np.ascontiguousarray(kernel, dtype=np.float32)
+        yield f"{name}/bias", layer.read(1)
+
+
+def _reject_non_vgg(source: Source, convs: list[Layer], denses: list[Layer]) -> None:
+    """Says what the file looks like when it is clearly not a VGG (batch norm, 1x1/7x7 kernels)."""
+    others = [l for l in source.layers if l.kind == "other"]
+    sizes = sorted({_spatial(l.shapes[0]) for l in convs})
+    if not others and sizes in ([], [(3, 3)]) and all(len(l.datasets) == 2 for l in convs + denses):
+        if not convs:
+            raise UserError(f"{source.path}: no convolution layers found ({len(source.layers)} weighted layers); not a VGG weights file")
+        return
+    batch_norms = sum(1 for l in others if len(l.datasets) == 4 and all(len(s) == 1 for s in l.shapes))
+    guess = "a ResNet50" if len(convs) == 53 and batch_norms else "a ResNet-like network" if batch_norms else "another network"
+    kernel_sizes = ", ".join(f"{h}x{w}" for h, w in sizes) or "none"
+    raise UserError(
+        f"{source.path}: looks like {guess}, not VGG ({len(convs)} conv layers with {kernel_sizes} kernels, "
+        f"{batch_norms} batch-norm layers); vgg-jax converts VGG11/13/16/19 only"
+    )
+
+
+def _spatial(shape: tuple[int, ...]) -> tuple[int, int]:
+    """Kernel height/width whatever the layout (Theano OIHW keeps them last)."""
+    return shape[2:] if shape[2:] == (3, 3) and shape[:2] != (3, 3) else shape[:2]
+
+
+def _kernel_layout(source: Source, convs: list[Layer]) -> str:
+    layouts = {"oihw" if l.shapes[0][2:] == (3, 3) and l.shapes[0][:2] != (3, 3) else "hwio" for l in convs}
+    if len(layouts) > 1:
+        raise UserError(f"{source.path}: conv kernels mix (O,I,H,W) and (H,W,I,O) layouts")
+    return layouts.pop()
+
+
+def _conv_mapping(source: Source, convs: list[Layer], want_arch: str | None) -> tuple[list[str], str]:
+    """Canonical names for the conv layers and the architecture, from names when the file has Keras' names."""
+    path = source.path
+    if want_arch is not None and want_arch not in arch.DEPTHS:
+        raise UserError(f"unknown architecture {want_arch!r}; choose one of {', '.join(arch.DEPTHS)}")
+    names = [l.name.split("/")[-1] for l in convs]
+    if all(CANONICAL_CONV.match(n) for n in names):
+        present = set(names)
+        exact = [a for a, d in arch.DEPTHS.items() if present == set(arch.conv_layer_names(d))]
+        detected = exact[0] if exact else None
+        if want_arch and detected and detected != want_arch:
+            raise _wrong_arch(path, detected, len(convs), want_arch)
+        if detected is None:
+            supersets = [a for a, d in arch.DEPTHS.items() if present <= set(arch.conv_layer_names(d))]
+            target = want_arch or (supersets[0] if supersets else None)
+            if target is None:
+                raise UserError(f"{path}: conv layers {', '.join(sorted(present, key=natural_key))} match no VGG11/13/16/19")
+            expected = arch.conv_layer_names(arch.DEPTHS[target])
+            missing = [n for n in expected if n not in present]
+            extra = sorted(present - set(expected), key=natural_key)
+            problems = [f"missing layer(s) {', '.join(missing)}"] if missing else []
+            problems += [f"unexpected layer(s) {', '.join(extra)}"] if extra else []
+            raise UserError(f"{path}: {'; '.join(problems)} for {target.upper()}")
+        order = {n: i for i, n in enumerate(arch.conv_layer_names(arch.DEPTHS[detected]))}
+        convs.sort(key=lambda l: order[l.name.split("/")[-1]])
+        return [l.name.split("/")[-1] for l in convs], detected
+    if source.format in ("keras3", "keras3-archive"):
+        convs.sort(key=lambda l: natural_key(l.path or l.name))
+    detected = arch.arch_for_conv_count(len(convs))
+    if want_arch and detected and detected != want_arch:
+        raise _wrong_arch(path, detected, len(convs), want_arch)
+    target = want_arch or detected
+    if detected is None:
+        counts = "/".join(str(sum(d)) for d in arch.DEPTHS.values())
+        expect = f"{target.upper()} has {sum(arch.DEPTHS[target])}" if target else f"VGG11/13/16/19 have {counts}"
+        raise UserError(f"{path}: {len(convs)} conv layers, but {expect}: a layer is missing or this is not a VGG file")
+    return arch.conv_layer_names(arch.DEPTHS[detected]), detected
+
+
+def _wrong_arch(path, detected: str, count: int, wanted: str) -> UserError:
+    return UserError(
+        f"{path}: looks like {detected.upper()} ({count} conv layers), not {wanted.upper()}; "
+        f"pass --arch {detected} or leave --arch out"
+    )
+
+
+def _detect_kernels(source: Source, layout: str) -> tuple[str, str]:
+    if source.format == "keras0":
+        return "theano", "Keras 0.x file (Theano era, e.g. the recipe's vgg16_th.h5)"
+    if source.backend == "theano":
+        return "theano", "saved by the Theano backend"
+    if layout == "oihw":
+        return "theano", "Theano dim ordering (O,I,H,W kernels), as in *_th_dim_ordering_th_kernels.h5"
+    return "tf", f"{'backend ' + source.backend if source.backend else 'channels_last kernels'} (correlation)"
+
+
+def _check_shapes(source: Source, p: Plan) -> None:
+    expected = p.shapes
+    side = arch.IMAGE_SIZE // 32
+    for name, layer in p.mapping:
+        if len(layer.datasets) != 2:
+            raise UserError(f"{source.path}: layer {layer.name} ({name}) has {len(layer.datasets)} weights; expected kernel and bias")
+        kernel, bias = layer.shapes
+        want_k, want_b = expected[f"{name}/kernel"], expected[f"{name}/bias"]
+        if layer.kind == "conv":
+            got_k = (kernel[2], kernel[3], kernel[1], kernel[0]) if p.layout == "oihw" else kernel
+        else:
+            got_k = kernel
+        if tuple(got_k) != want_k or tuple(bias) != want_b:
+            src = f"{layer.name}" + (f" ({name})" if layer.name.split("/")[-1] != name else "")
+            raise UserError(
+                f"{source.path}: wrong shape in layer {src}: kernel {tuple(kernel)}, bias {tuple(bias)}; "
+                f"{p.arch.upper()} expects kernel {_in_layout(want_k, layer.kind, p.layout)}, bias {want_b}"
+                + (f" (fc1 takes the {side}x{side}x512 block5_pool of a 224x224 image)" if name == "fc1" else "")
+            )
+
+
+def _in_layout(shape: tuple[int, ...], kind: str, layout: str) -> tuple[int, ...]:
+    return (shape[3], shape[2], shape[0], shape[1]) if kind == "conv" and layout == "oihw" else shape

@@ -1,0 +1,67 @@
+"""Parity self-check of a conversion: our Flax model (float32) against a float64 numpy forward that
+reads the source file's arrays exactly as stored, in the source's own convention."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import numpy as np
+
+from convert import mapping
+from convert.source import open_source
+from vgg_jax import arch
+
+TOLERANCE = 1e-4
+
+
+@dataclass
+class ParityRow:
+    output: str
+    shape: tuple[int, ...]
+    rel_error: float
+
+    @property
+    def ok(self) -> bool:
+        return self.rel_error <= TOLERANCE
+
+
+def rel_error(got, want) -> float:
+    """max |got - want| / max |want|."""
+    got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
+    return float(np.max(np.abs(got - want)) / np.max(np.abs(want)))
+
+
+def check(source_path: str | os.PathLike, params: dict, images: np.ndarray, kernels: str | None = None) -> list[ParityRow]:
+    """Logits (if the file has a top) and block5_pool features of `images` (uint8 [N, 224, 224, 3])."""
+    import jax
+
+    from vgg_jax import reference
+    from vgg_jax.model import VGG
+    from vgg_jax.preprocess import preprocess_input
+
+    with open_source(source_path) as source:
+        p = mapping.plan(source, kernels=kernels)
+        raw = [(layer.read(0), layer.read(1)) for _, layer in p.mapping]
+    depths = arch.DEPTHS[p.arch]
+    n_conv = sum(depths)
+    convs, denses = raw[:n_conv], raw[n_conv:]
+    true_conv = p.kernels == "theano"
+    rows = []
+    features = VGG(depths=depths, include_top=False)
+    got = jax.jit(lambda prm, x: features.apply({"params": prm}, preprocess_input(x)))(params, images)
+    want = reference.forward(convs, [], depths, images, p.layout, true_conv)
+    rows.append(ParityRow("block5_pool features", tuple(got.shape), rel_error(got, want)))
+    if p.include_top:
+        model = VGG(depths=depths, classes=p.classes, classifier_activation=None)
+        got = jax.jit(lambda prm, x: model.apply({"params": prm}, preprocess_input(x)))(params, images)
+        want = reference.forward(convs, denses, depths, images, p.layout, true_conv)
+        rows.append(ParityRow("logits", tuple(got.shape), rel_error(got, want)))
+    return rows
+
+
+def format_rows(rows: list[ParityRow]) -> str:
+    lines = [f"  {'output':<22} {'shape':<18} {'max rel error':>13}   tolerance {TOLERANCE:g}"]
+    for r in rows:
+        lines.append(f"  {r.output:<22} {str(list(r.shape)):<18} {r.rel_error:>13.2e}   {'ok' if r.ok else 'FAIL'}")
+    return "\n".join(lines)

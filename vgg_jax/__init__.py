@@ -1,0 +1,30 @@
+"""vgg-jax: Keras' ImageNet VGG16 ported exactly to Flax, for fast transfer learning in JAX.
+
+Imports are lazy so that `import vgg_jax` stays fast and the converter can use the
+pure-Python parts (`vgg_jax.arch`, `vgg_jax.params_io`) without loading jax.
+"""
+
+from importlib import import_module
+
+__version__ = "0.1.0"
+
+_EXPORTS = {
+    "VGG": "vgg_jax.model",
+    "VGG11": "vgg_jax.api",
+    "VGG13": "vgg_jax.api",
+    "VGG16": "vgg_jax.api",
+    "VGG19": "vgg_jax.api",
+    "preprocess_input": "vgg_jax.preprocess",
+    "load_params": ("vgg_jax.params_io", "load"),
+    "save_params": ("vgg_jax.params_io", "save"),
+    "UserError": "vgg_jax.errors",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    target = _EXPORTS.get(name)
+    if target is None:
+        raise AttributeError(f"module 'vgg_jax' has no attribute {name!r}")
+    module, attr = target if isinstance(target, tuple) else (target, name)
+    return getattr(import_module(module), attr)

@@ -1,0 +1,18 @@
+"""Where vgg-jax keeps downloads and converted ImageNet params (pure Python: the converter uses it too)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def cache_dir() -> Path:
+    """$VGG_JAX_CACHE, else $XDG_CACHE_HOME/vgg-jax, else ~/.cache/vgg-jax."""
+    if env := os.environ.get("VGG_JAX_CACHE"):
+        return Path(env)
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "vgg-jax"
+
+
+def imagenet_params_path(name: str) -> Path:
+    """The params file `vgg-jax convert --download NAME` writes, e.g. vgg16-notop -> .../vgg16-notop.safetensors."""
+    return cache_dir() / f"{name}.safetensors"
