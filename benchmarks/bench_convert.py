@@ -14,7 +14,6 @@ import platform
 import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -47,7 +46,9 @@ print(seconds)
 
 
 def measure(variant: str, src: Path, out: Path) -> tuple[float, int]:
-    result = subprocess.run([sys.executable, "-c", WRAPPER, CHILD, variant, str(src), str(out)], capture_output=True, text=True, check=True)
+    result = subprocess.run(
+        [sys.executable, "-c", WRAPPER, CHILD, variant, str(src), str(out)], capture_output=True, text=True, check=True
+    )
     seconds, peak = result.stdout.split()
     return float(seconds), int(peak)
 
@@ -59,7 +60,10 @@ def main() -> None:
     args = parser.parse_args()
     work = Path(args.workdir)
     work.mkdir(parents=True, exist_ok=True)
-    files = {"Keras 0.x Theano (flip + fc1 reorder)": work / "vgg16_th.h5", "Keras 1 tf kernels (no transform)": work / "vgg16_tf.h5"}
+    files = {
+        "Keras 0.x Theano (flip + fc1 reorder)": work / "vgg16_th.h5",
+        "Keras 1 tf kernels (no transform)": work / "vgg16_tf.h5",
+    }
     params = None
     for label, path in files.items():
         if not path.exists():

@@ -11,7 +11,6 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-
 from convert import mapping
 from convert.source import open_source
 from vgg_jax import arch, params_io
@@ -68,7 +67,11 @@ class Report:
             + f", {arch.param_count(shapes):,} params",
             f"layers        {mapped}",
             f"kernels       {'Theano convention' if self.kernels == 'theano' else 'TensorFlow convention'}: {self.kernels_reason}"
-            + ("" if "override" in self.kernels_reason else f" (if `vgg-jax classify` gives nonsense, try --kernels {'tf' if self.kernels == 'theano' else 'theano'})"),
+            + (
+                ""
+                if "override" in self.kernels_reason
+                else f" (if `vgg-jax classify` gives nonsense, try --kernels {'tf' if self.kernels == 'theano' else 'theano'})"
+            ),
             f"transforms    {'; '.join(self.transforms) or 'none (already canonical)'}",
         ]
         if self.output:

@@ -14,14 +14,25 @@ from vgg_jax.paths import imagenet_params_path
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("source", nargs="?", help="Keras weights file: .h5 (any Keras version), .weights.h5 or .keras")
     p.add_argument("-o", "--output", help="params file to write (default: SOURCE with .safetensors)")
-    p.add_argument("--download", choices=["vgg16", "vgg16-notop", "vgg19", "vgg19-notop"],
-                   help="fetch the official Keras ImageNet file (md5-checked, cached) and convert it")
+    p.add_argument(
+        "--download",
+        choices=["vgg16", "vgg16-notop", "vgg19", "vgg19-notop"],
+        help="fetch the official Keras ImageNet file (md5-checked, cached) and convert it",
+    )
     p.add_argument("--arch", choices=list(arch.DEPTHS), help="expected architecture (default: detected)")
-    p.add_argument("--kernels", choices=["theano", "tf"],
-                   help="override the detected kernel convention (theano = stored flipped, for true convolution)")
+    p.add_argument(
+        "--kernels",
+        choices=["theano", "tf"],
+        help="override the detected kernel convention (theano = stored flipped, for true convolution)",
+    )
     top = p.add_mutually_exclusive_group()
-    top.add_argument("--include-top", dest="include_top", action="store_true", default=None,
-                     help="require fc1/fc2/predictions (error on a no-top file)")
+    top.add_argument(
+        "--include-top",
+        dest="include_top",
+        action="store_true",
+        default=None,
+        help="require fc1/fc2/predictions (error on a no-top file)",
+    )
     top.add_argument("--no-top", dest="include_top", action="store_false", help="keep conv layers only")
 
 
@@ -43,7 +54,9 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m convert", description="Convert Keras VGG weights to a vgg-jax params file.")
+    parser = argparse.ArgumentParser(
+        prog="python -m convert", description="Convert Keras VGG weights to a vgg-jax params file."
+    )
     add_arguments(parser)
     args = parser.parse_args(argv)
     try:

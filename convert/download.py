@@ -32,9 +32,13 @@ class Release:
 
 OFFICIAL = {
     "vgg16": Release("vgg16/vgg16_weights_tf_dim_ordering_tf_kernels.h5", "64373286793e3c8b2b4e3219cbf3544b"),
-    "vgg16-notop": Release("vgg16/vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5", "6d6bbae143d832006294945121d1f1fc"),
+    "vgg16-notop": Release(
+        "vgg16/vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5", "6d6bbae143d832006294945121d1f1fc"
+    ),
     "vgg19": Release("vgg19/vgg19_weights_tf_dim_ordering_tf_kernels.h5", "cbe5617147190e668d6c5d5026f83318"),
-    "vgg19-notop": Release("vgg19/vgg19_weights_tf_dim_ordering_tf_kernels_notop.h5", "253f8cb515780f3b799900260a226db6"),
+    "vgg19-notop": Release(
+        "vgg19/vgg19_weights_tf_dim_ordering_tf_kernels_notop.h5", "253f8cb515780f3b799900260a226db6"
+    ),
 }
 
 
@@ -60,7 +64,9 @@ def cached(name: str, release: Release | None = None) -> Path | None:
     return None
 
 
-def fetch(name: str, base_url: str | None = None, timeout: float = 30, release: Release | None = None, quiet: bool = False) -> Path:
+def fetch(
+    name: str, base_url: str | None = None, timeout: float = 30, release: Release | None = None, quiet: bool = False
+) -> Path:
     """The official file for `name` ("vgg16", "vgg16-notop", "vgg19", "vgg19-notop"), downloaded once.
 
     Raises UserError when offline, on an HTTP error, or when the md5 does not match (nothing is kept).
@@ -105,6 +111,8 @@ def fetch(name: str, base_url: str | None = None, timeout: float = 30, release: 
         ) from None
     if digest.hexdigest() != release.md5:
         partial.unlink(missing_ok=True)
-        raise UserError(f"{url}: md5 mismatch (got {digest.hexdigest()}, expected {release.md5}); corrupt or not the official file, removed")
+        raise UserError(
+            f"{url}: md5 mismatch (got {digest.hexdigest()}, expected {release.md5}); corrupt or not the official file, removed"
+        )
     os.replace(partial, target)
     return target

@@ -25,12 +25,17 @@ def to_theano(kernel: np.ndarray) -> np.ndarray:
 def fc1_to_chw(kernel: np.ndarray, side: int = arch.IMAGE_SIZE // 32) -> np.ndarray:
     """fc1 rows in (h, w, c) flatten order -> (c, h, w), as a channels-first Flatten produces."""
     channels = kernel.shape[0] // (side * side)
-    return np.ascontiguousarray(kernel.reshape(side, side, channels, -1).transpose(2, 0, 1, 3).reshape(kernel.shape[0], -1))
+    return np.ascontiguousarray(
+        kernel.reshape(side, side, channels, -1).transpose(2, 0, 1, 3).reshape(kernel.shape[0], -1)
+    )
 
 
 def _layers(params: Mapping) -> tuple[list[str], bool]:
     flat = flatten(params)
-    convs = sorted({k.split("/")[0] for k in flat if k.startswith("block")}, key=lambda n: tuple(int(x) for x in n[5:].split("_conv")))
+    convs = sorted(
+        {k.split("/")[0] for k in flat if k.startswith("block")},
+        key=lambda n: tuple(int(x) for x in n[5:].split("_conv")),
+    )
     return convs, "fc1/kernel" in flat
 
 

@@ -76,7 +76,9 @@ def plan(
         )
     has_top = len(denses) == 3
     if include_top and not has_top:
-        raise UserError(f"{path}: a no-top file (conv layers only), but the top (fc1, fc2, predictions) is needed; use the full weights file")
+        raise UserError(
+            f"{path}: a no-top file (conv layers only), but the top (fc1, fc2, predictions) is needed; use the full weights file"
+        )
     keep_top = has_top if include_top is None else include_top
     mapping = list(zip(conv_names, convs))
     dropped = []
@@ -138,10 +140,18 @@ def _reject_non_vgg(source: Source, convs: list[Layer], denses: list[Layer]) -> 
     sizes = sorted({_spatial(l.shapes[0]) for l in convs})
     if not others and sizes in ([], [(3, 3)]) and all(len(l.datasets) == 2 for l in convs + denses):
         if not convs:
-            raise UserError(f"{source.path}: no convolution layers found ({len(source.layers)} weighted layers); not a VGG weights file")
+            raise UserError(
+                f"{source.path}: no convolution layers found ({len(source.layers)} weighted layers); not a VGG weights file"
+            )
         return
     batch_norms = sum(1 for l in others if len(l.datasets) == 4 and all(len(s) == 1 for s in l.shapes))
-    guess = "a ResNet50" if len(convs) == 53 and batch_norms else "a ResNet-like network" if batch_norms else "another network"
+    guess = (
+        "a ResNet50"
+        if len(convs) == 53 and batch_norms
+        else "a ResNet-like network"
+        if batch_norms
+        else "another network"
+    )
     kernel_sizes = ", ".join(f"{h}x{w}" for h, w in sizes) or "none"
     raise UserError(
         f"{source.path}: looks like {guess}, not VGG ({len(convs)} conv layers with {kernel_sizes} kernels, "
@@ -177,7 +187,9 @@ def _conv_mapping(source: Source, convs: list[Layer], want_arch: str | None) -> 
             supersets = [a for a, d in arch.DEPTHS.items() if present <= set(arch.conv_layer_names(d))]
             target = want_arch or (supersets[0] if supersets else None)
             if target is None:
-                raise UserError(f"{path}: conv layers {', '.join(sorted(present, key=natural_key))} match no VGG11/13/16/19")
+                raise UserError(
+                    f"{path}: conv layers {', '.join(sorted(present, key=natural_key))} match no VGG11/13/16/19"
+                )
             expected = arch.conv_layer_names(arch.DEPTHS[target])
             missing = [n for n in expected if n not in present]
             extra = sorted(present - set(expected), key=natural_key)
@@ -222,7 +234,9 @@ def _check_shapes(source: Source, p: Plan) -> None:
     side = arch.IMAGE_SIZE // 32
     for name, layer in p.mapping:
         if len(layer.datasets) != 2:
-            raise UserError(f"{source.path}: layer {layer.name} ({name}) has {len(layer.datasets)} weights; expected kernel and bias")
+            raise UserError(
+                f"{source.path}: layer {layer.name} ({name}) has {len(layer.datasets)} weights; expected kernel and bias"
+            )
         kernel, bias = layer.shapes
         want_k, want_b = expected[f"{name}/kernel"], expected[f"{name}/bias"]
         if layer.kind == "conv":

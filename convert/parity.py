@@ -32,7 +32,9 @@ def rel_error(got, want) -> float:
     return float(np.max(np.abs(got - want)) / np.max(np.abs(want)))
 
 
-def check(source_path: str | os.PathLike, params: dict, images: np.ndarray, kernels: str | None = None) -> list[ParityRow]:
+def check(
+    source_path: str | os.PathLike, params: dict, images: np.ndarray, kernels: str | None = None
+) -> list[ParityRow]:
     """Logits (if the file has a top) and block5_pool features of `images` (uint8 [N, 224, 224, 3])."""
     import jax
 

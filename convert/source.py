@@ -47,7 +47,7 @@ class Layer:
 
     @property
     def kind(self) -> str:
-        """"conv" (4-D kernel), "dense" (2-D kernel) or "other" (batch norm, embeddings, ...)."""
+        """ "conv" (4-D kernel), "dense" (2-D kernel) or "other" (batch norm, embeddings, ...)."""
         ndim = len(self.shapes[0])
         return {4: "conv", 2: "dense"}.get(ndim, "other")
 
@@ -98,7 +98,9 @@ def open_source(path: str | Path) -> Iterator[Source]:
             with open(path, "rb") as f:
                 head = f.read(8)
             if head != HDF5_SIGNATURE and not h5py.is_hdf5(path):
-                raise UserError(f"{path}: not an HDF5 file (starts with {head!r}); expected a Keras .h5, .weights.h5 or .keras file")
+                raise UserError(
+                    f"{path}: not an HDF5 file (starts with {head!r}); expected a Keras .h5, .weights.h5 or .keras file"
+                )
         try:
             f = stack.enter_context(h5py.File(h5_path, "r"))
         except OSError as e:
@@ -115,10 +117,18 @@ def _read_layers(path: Path, f: h5py.File, fmt: str | None) -> Source:
         return Source(path, "keras0", _keras0_layers(f))
     if "model_weights" in f:
         g = f["model_weights"]
-        return Source(path, fmt or "keras2-model", _named_layers(g), _decode(g.attrs.get("backend")), _decode(g.attrs.get("keras_version")))
+        return Source(
+            path,
+            fmt or "keras2-model",
+            _named_layers(g),
+            _decode(g.attrs.get("backend")),
+            _decode(g.attrs.get("keras_version")),
+        )
     if _has_attr_list(f.attrs, "layer_names"):
         version = _decode(f.attrs.get("keras_version"))
-        return Source(path, fmt or ("keras2" if version else "keras1"), _named_layers(f), _decode(f.attrs.get("backend")), version)
+        return Source(
+            path, fmt or ("keras2" if version else "keras1"), _named_layers(f), _decode(f.attrs.get("backend")), version
+        )
     if "layers" in f:
         return Source(path, fmt or "keras3", _keras3_layers(f))
     groups = ", ".join(list(f.keys())[:6]) or "none"

@@ -18,7 +18,11 @@ from vgg_jax.image import load_image
 def test_class_names_are_keras_imagenet_index():
     names = imagenet_classes()
     assert len(names) == 1000 and len({w for w, _ in names}) == 1000
-    assert names[0] == ("n01440764", "tench") and names[281] == ("n02123045", "tabby") and names[207][1] == "golden_retriever"
+    assert (
+        names[0] == ("n01440764", "tench")
+        and names[281] == ("n02123045", "tabby")
+        and names[207][1] == "golden_retriever"
+    )
 
 
 def test_top5_matches_keras_on_a_real_jpeg(vgg16, tmp_path):
@@ -46,8 +50,18 @@ def test_cli_prints_named_top5_from_h5_and_params(tmp_path):
     Image.fromarray(np.full((80, 120, 4), 200, np.uint8)).save(image)  # RGBA: alpha is dropped
     for weights in (tmp_path / "vgg16_tf.h5", tmp_path / "vgg16.safetensors"):
         if weights.suffix == ".safetensors":
-            assert subprocess.run([sys.executable, "-m", "convert", str(tmp_path / "vgg16_tf.h5"), "-o", str(weights)]).returncode == 0
-        result = subprocess.run([sys.executable, "-m", "vgg_jax", "classify", str(image), "--weights", str(weights)], capture_output=True, text=True, timeout=300)
+            assert (
+                subprocess.run(
+                    [sys.executable, "-m", "convert", str(tmp_path / "vgg16_tf.h5"), "-o", str(weights)]
+                ).returncode
+                == 0
+            )
+        result = subprocess.run(
+            [sys.executable, "-m", "vgg_jax", "classify", str(image), "--weights", str(weights)],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         assert result.returncode == 0, result.stderr
         lines = result.stdout.strip().splitlines()
         assert len(lines) == 6 and "1. tabby" in lines[1] and "n02123045" in lines[1] and "100.00%" in lines[1]
@@ -57,5 +71,10 @@ def test_undecodable_image_is_a_one_line_error(tmp_path):
     bad = tmp_path / "cat.jpg"
     bad.write_bytes(b"\xff\xd8\xff\xe0 truncated")
     legacy.write_keras1(tmp_path / "w.h5", legacy.random_params(depths=(1, 1, 2, 2, 2), include_top=False), "tf")
-    result = subprocess.run([sys.executable, "-m", "vgg_jax", "classify", str(bad), "--weights", str(tmp_path / "w.h5")], capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-m", "vgg_jax", "classify", str(bad), "--weights", str(tmp_path / "w.h5")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 2 and result.stderr.count("\n") == 1 and str(bad) in result.stderr, result.stderr

@@ -16,7 +16,9 @@ from convert.source import open_source
 
 
 def run_convert(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "vgg_jax", "convert", *map(str, args)], capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "vgg_jax", "convert", *map(str, args)], capture_output=True, text=True, timeout=120
+    )
 
 
 def assert_clean_failure(result: subprocess.CompletedProcess, out_dir: Path, *needles: str) -> None:
@@ -66,13 +68,17 @@ def test_resnet50_file(tmp_path, out):
 
     src = tmp_path / "resnet50.weights.h5"
     keras.applications.ResNet50(weights=None, include_top=False, input_shape=(64, 64, 3)).save_weights(str(src))
-    assert_clean_failure(run_convert(src, "-o", out / "x.safetensors"), out, str(src), "looks like a ResNet50", "not VGG")
+    assert_clean_failure(
+        run_convert(src, "-o", out / "x.safetensors"), out, str(src), "looks like a ResNet50", "not VGG"
+    )
 
 
 def test_vgg19_given_as_vgg16(vgg19, tmp_path, out):
     src = tmp_path / "vgg19_notop.weights.h5"
     vgg19.notop.save_weights(str(src))
-    assert_clean_failure(run_convert(src, "--arch", "vgg16", "-o", out / "x.safetensors"), out, str(src), "looks like VGG19", "not VGG16")
+    assert_clean_failure(
+        run_convert(src, "--arch", "vgg16", "-o", out / "x.safetensors"), out, str(src), "looks like VGG19", "not VGG16"
+    )
 
 
 def test_missing_layer(notop_h5, tmp_path, out):
@@ -81,8 +87,12 @@ def test_missing_layer(notop_h5, tmp_path, out):
     with h5py.File(src, "r+") as f:
         g = f["model_weights"]
         del g["block3_conv2"]
-        g.attrs["layer_names"] = np.array([n for n in g.attrs["layer_names"] if n not in (b"block3_conv2", "block3_conv2")], dtype="S")
-    assert_clean_failure(run_convert(src, "-o", out / "x.safetensors"), out, str(src), "missing layer(s) block3_conv2", "VGG16")
+        g.attrs["layer_names"] = np.array(
+            [n for n in g.attrs["layer_names"] if n not in (b"block3_conv2", "block3_conv2")], dtype="S"
+        )
+    assert_clean_failure(
+        run_convert(src, "-o", out / "x.safetensors"), out, str(src), "missing layer(s) block3_conv2", "VGG16"
+    )
 
 
 def test_missing_layer_in_keras0_file(vgg16, tmp_path, out):
@@ -93,7 +103,13 @@ def test_missing_layer_in_keras0_file(vgg16, tmp_path, out):
     params = {k: v for k, v in canonical_params(vgg16.notop).items() if k != "block4_conv3"}
     src = tmp_path / "vgg16_th_notop.h5"
     legacy.write_keras0(src, params)
-    assert_clean_failure(run_convert(src, "--arch", "vgg16", "-o", out / "x.safetensors"), out, str(src), "12 conv layers", "VGG16 has 13")
+    assert_clean_failure(
+        run_convert(src, "--arch", "vgg16", "-o", out / "x.safetensors"),
+        out,
+        str(src),
+        "12 conv layers",
+        "VGG16 has 13",
+    )
 
 
 def test_wrong_shape(notop_h5, tmp_path, out):
@@ -103,11 +119,20 @@ def test_wrong_shape(notop_h5, tmp_path, out):
         g = f["model_weights/block2_conv1/block2_conv1"]
         del g["kernel"]
         g["kernel"] = np.zeros((3, 3, 64, 100), np.float32)
-    assert_clean_failure(run_convert(src, "-o", out / "x.safetensors"), out, str(src), "wrong shape in layer block2_conv1", "(3, 3, 64, 100)", "(3, 3, 64, 128)")
+    assert_clean_failure(
+        run_convert(src, "-o", out / "x.safetensors"),
+        out,
+        str(src),
+        "wrong shape in layer block2_conv1",
+        "(3, 3, 64, 100)",
+        "(3, 3, 64, 128)",
+    )
 
 
 def test_notop_file_where_top_is_needed(notop_h5, out):
-    assert_clean_failure(run_convert(notop_h5, "--include-top", "-o", out / "x.safetensors"), out, str(notop_h5), "no-top file")
+    assert_clean_failure(
+        run_convert(notop_h5, "--include-top", "-o", out / "x.safetensors"), out, str(notop_h5), "no-top file"
+    )
 
 
 def test_notop_params_in_classify(notop_h5, tmp_path, out):
@@ -117,8 +142,15 @@ def test_notop_params_in_classify(notop_h5, tmp_path, out):
     assert run_convert(notop_h5, "-o", params).returncode == 0
     image = tmp_path / "cat.png"
     Image.fromarray(np.zeros((50, 60, 3), np.uint8)).save(image)
-    result = subprocess.run([sys.executable, "-m", "vgg_jax", "classify", str(image), "--weights", str(params)], capture_output=True, text=True, timeout=300)
-    assert result.returncode == 2 and "no-top" in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    result = subprocess.run(
+        [sys.executable, "-m", "vgg_jax", "classify", str(image), "--weights", str(params)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 2 and "no-top" in result.stderr and len(result.stderr.strip().splitlines()) == 1, (
+        result.stderr
+    )
 
 
 def test_missing_source(tmp_path, out):

@@ -20,7 +20,12 @@ def test_full_size_theano_file_peak_rss(tmp_path):
     legacy.write_keras0(src, legacy.random_params(seed=1))  # the heaviest path: flips and fc1 reorder
     size = os.path.getsize(src)
     assert size > 520e6
-    result = subprocess.run([sys.executable, "-c", MEASURE, str(src), "-o", str(tmp_path / "out.safetensors")], capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-c", MEASURE, str(src), "-o", str(tmp_path / "out.safetensors")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     code, peak = map(int, result.stdout.split())
     assert code == 0, result.stderr
     print(f"convert peak RSS {peak / 2**20:.0f} MiB for a {size / 2**20:.0f} MiB file: {peak / size:.2f}x")

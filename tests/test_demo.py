@@ -7,7 +7,10 @@ import sys
 def test_demo_offline_random_weights_pass(tmp_path):
     result = subprocess.run(
         [sys.executable, "-m", "vgg_jax", "demo", "--offline", "--out", str(tmp_path / "demo")],
-        capture_output=True, text=True, timeout=600, env={"VGG_JAX_CACHE": str(tmp_path / "cache"), "HOME": str(tmp_path), "PATH": ""},
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={"VGG_JAX_CACHE": str(tmp_path / "cache"), "HOME": str(tmp_path), "PATH": ""},
     )
     assert result.returncode == 0, result.stdout + result.stderr
     out = result.stdout

@@ -7,15 +7,13 @@ from functools import cache
 
 import jax
 import numpy as np
-import keras  # a dev dependency: if missing, the suite must fail, not skip
 import pytest
 
 from convert import convert_file
 from tests.conftest import rel_error
-from tests.keras_files import copy_weights
+from tests.keras_files import KerasReference, copy_weights
 from vgg_jax import api, arch, preprocess_input
 from vgg_jax.model import VGG
-
 
 TOLERANCE = 1e-4
 
@@ -34,6 +32,7 @@ def ours(path, name: str, include_top: bool, images: np.ndarray) -> np.ndarray:
 
 def _tf_keras_model(ref: KerasReference, include_top: bool):
     import tf_keras
+
     factory = {"vgg16": tf_keras.applications.VGG16, "vgg19": tf_keras.applications.VGG19}[ref.name]
     model = factory(weights=None, include_top=include_top, **({"classifier_activation": None} if include_top else {}))
     copy_weights(ref.full, model)

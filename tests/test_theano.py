@@ -21,7 +21,12 @@ from vgg_jax import arch, reference
 
 def theano_conv_scipy(x_chw: np.ndarray, w_oihw: np.ndarray, b: np.ndarray) -> np.ndarray:
     """What Theano's conv2d computes (true convolution, 'same' for 3x3), by scipy in float64."""
-    return np.stack([sum(signal.convolve2d(x_chw[i], w_oihw[o, i], mode="same") for i in range(x_chw.shape[0])) + b[o] for o in range(w_oihw.shape[0])])
+    return np.stack(
+        [
+            sum(signal.convolve2d(x_chw[i], w_oihw[o, i], mode="same") for i in range(x_chw.shape[0])) + b[o]
+            for o in range(w_oihw.shape[0])
+        ]
+    )
 
 
 @pytest.fixture
@@ -42,7 +47,10 @@ def test_flip_direction_against_scipy(small_theano_layer):
     assert rel_error(got, want) < 1e-6
     # Without the flip the same layer is far off: the check can fail.
     unflipped = {**flipped, "kernel": jnp.asarray(oihw_to_hwio(w), jnp.float32)}
-    assert rel_error(conv.apply({"params": unflipped}, jnp.asarray(x.transpose(1, 2, 0)[None], jnp.float32))[0], want) > 0.1
+    assert (
+        rel_error(conv.apply({"params": unflipped}, jnp.asarray(x.transpose(1, 2, 0)[None], jnp.float32))[0], want)
+        > 0.1
+    )
 
 
 def test_reference_true_convolution_matches_scipy(small_theano_layer):

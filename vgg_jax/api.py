@@ -10,9 +10,9 @@ import jax
 import jax.numpy as jnp
 
 from vgg_jax import arch, params_io
-from vgg_jax.paths import imagenet_params_path
 from vgg_jax.errors import UserError
 from vgg_jax.model import POOLINGS, VGG
+from vgg_jax.paths import imagenet_params_path
 
 
 def build(

@@ -36,6 +36,79 @@ def _classify(args: argparse.Namespace) -> int:
     return 0
 
 
+def _params_file(spec: str | None) -> str | None:
+    """A Keras weights file is converted once into the cache; params files and "imagenet"/None pass through."""
+    if spec is None or Path(spec).suffix not in (".h5", ".keras"):
+        return spec
+    from convert import convert_file, sha256
+    from vgg_jax.paths import cache_dir
+
+    if not Path(spec).is_file():
+        raise UserError(f"{spec}: no such weights file")
+    out = cache_dir() / "converted" / f"{sha256(spec)[:24]}.safetensors"
+    if not out.exists():
+        print(convert_file(spec, out))
+    return str(out)
+
+
+def _train_config(args: argparse.Namespace):
+    from vgg_jax.config import TrainConfig
+
+    widths = tuple(int(w) for w in args.widths.split(",")) if args.widths else None
+    return TrainConfig(
+        data=args.data,
+        out=args.out,
+        weights=_params_file(args.weights),
+        arch=args.arch,
+        widths=widths,
+        fc_units=args.fc_units,
+        top=args.top,
+        image_size=args.image_size,
+        resize=args.resize,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        eval_batch_size=args.eval_batch_size,
+        optimizer=args.optimizer,
+        lr=args.lr,
+        momentum=args.momentum,
+        schedule=args.schedule,
+        warmup_steps=args.warmup_steps,
+        clip_norm=args.clip_norm,
+        freeze_through=args.freeze_through,
+        lr_mult=args.lr_mult,
+        dropout=args.dropout,
+        augment=args.augment,
+        seed=args.seed,
+        valid_fraction=args.valid_fraction,
+        cache_features=args.cache_features,
+        checkpoint_every=args.checkpoint_every,
+        keep_checkpoints=args.keep_checkpoints,
+        dtype=args.dtype,
+        log_every=args.log_every,
+    )
+
+
+def _train(args: argparse.Namespace) -> int:
+    from vgg_jax.train import train
+
+    train(_train_config(args), resume=args.resume, overwrite=args.overwrite)
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from vgg_jax.evaluate import evaluate
+
+    evaluate(args.run, args.data, args.split, args.batch_size)
+    return 0
+
+
+def _predict(args: argparse.Namespace) -> int:
+    from vgg_jax.evaluate import predict
+
+    predict(args.run, args.images, args.csv, args.clip, args.batch_size)
+    return 0
+
+
 def _demo(args: argparse.Namespace) -> int:
     from vgg_jax.demo import run
 
@@ -45,7 +118,9 @@ def _demo(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     from convert.cli import add_arguments as convert_arguments
 
-    parser = argparse.ArgumentParser(prog="vgg-jax", description="Keras VGG16 weights in JAX/Flax: convert, classify, train.")
+    parser = argparse.ArgumentParser(
+        prog="vgg-jax", description="Keras VGG16 weights in JAX/Flax: convert, classify, train."
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("convert", help="convert a Keras VGG weights file (any Keras version) to a params file")
@@ -58,12 +133,94 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top", type=int, default=5)
     p.set_defaults(func=_classify)
 
+    p = sub.add_parser(
+        "train", help="train a new head (and optionally upper layers) on an image folder or tfds dataset"
+    )
+    _train_arguments(p)
+    p.set_defaults(func=_train)
+
+    p = sub.add_parser("evaluate", help="accuracy, log loss and confusion matrix of a run's best checkpoint")
+    p.add_argument("run", help="run folder written by `vgg-jax train`")
+    p.add_argument("--data", help="data to score (default: the run's --data)")
+    p.add_argument("--split", default="valid", choices=["train", "valid"])
+    p.add_argument("--batch-size", type=int)
+    p.set_defaults(func=_evaluate)
+
+    p = sub.add_parser("predict", help="write Kaggle's id,label CSV (label = P(class 1)) for a folder of images")
+    p.add_argument("run", help="run folder written by `vgg-jax train`")
+    p.add_argument("images", help="folder of unlabelled images (e.g. test1/) or a data root with test1/")
+    p.add_argument("--csv", help="output CSV (default: RUN/predictions.csv)")
+    p.add_argument("--clip", type=float, help="clip probabilities to [c, 1-c] (log-loss insurance, e.g. 0.05)")
+    p.add_argument("--batch-size", type=int)
+    p.set_defaults(func=_predict)
+
     p = sub.add_parser("demo", help="the README's main job: port VGG16 weights and check parity (offline-safe)")
-    p.add_argument("--weights", help="Keras VGG16 weights file (default: cached or downloaded official file, else random)")
+    p.add_argument(
+        "--weights", help="Keras VGG16 weights file (default: cached or downloaded official file, else random)"
+    )
     p.add_argument("--out", default="runs/demo", help="folder for the converted params")
     p.add_argument("--offline", action="store_true", help="do not try to download")
     p.set_defaults(func=_demo)
     return parser
+
+
+def _train_arguments(p: argparse.ArgumentParser) -> None:
+    from vgg_jax.freeze import POLICIES
+
+    p.add_argument(
+        "--data",
+        required=True,
+        help="ROOT with train/ and valid/ class subfolders, ROOT/{class}/*, or tfds:NAME[:SPLIT]",
+    )
+    p.add_argument("--out", required=True, help="run folder (checkpoints, metrics.jsonl, curves.png, run.json)")
+    p.add_argument(
+        "--weights", help="params file from `vgg-jax convert`, a Keras .h5/.keras file, 'imagenet', or 'random'"
+    )
+    p.add_argument("--epochs", type=int, default=1)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--eval-batch-size", type=int)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--optimizer", choices=["adam", "sgd"], default="adam")
+    p.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
+    p.add_argument("--schedule", choices=["constant", "cosine"], default="constant")
+    p.add_argument("--warmup-steps", type=int, default=0)
+    p.add_argument("--clip-norm", type=float, help="clip the trainable gradients' global norm")
+    p.add_argument(
+        "--freeze-through",
+        choices=POLICIES,
+        default="fc2",
+        help="freeze this layer and all below (fc2 = the recipe: head only)",
+    )
+    p.add_argument("--lr-mult", help="per-group learning-rate factors, e.g. conv=0.1,fc=0.5")
+    p.add_argument("--dropout", type=float, default=0.5, help="dropout on trainable fc layers")
+    p.add_argument("--augment", action="store_true", help="random crop + horizontal flip (off in the recipe)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--valid-fraction", type=float, help="hold out this share of train when there is no valid split")
+    cache = p.add_mutually_exclusive_group()
+    cache.add_argument(
+        "--cache-features",
+        dest="cache_features",
+        action="store_true",
+        default=None,
+        help="train the head on stored backbone features (default when only the head trains)",
+    )
+    cache.add_argument("--no-cache-features", dest="cache_features", action="store_false")
+    p.add_argument(
+        "--checkpoint-every", type=int, default=0, help="also checkpoint every N steps (default: epoch ends)"
+    )
+    p.add_argument("--keep-checkpoints", type=int, default=3)
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    p.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
+    p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
+    p.add_argument("--image-size", type=int, default=224)
+    p.add_argument("--resize", choices=["squash", "center-crop", "pad"], default="squash")
+    p.add_argument(
+        "--top", choices=["fc", "avg", "max"], default="fc", help="fc1/fc2 as in the recipe, or global pooling"
+    )
+    p.add_argument("--arch", choices=["vgg11", "vgg13", "vgg16", "vgg19"], default="vgg16")
+    p.add_argument("--widths", help=argparse.SUPPRESS)  # small test variants, e.g. 8,8,16,16,16
+    p.add_argument("--fc-units", type=int, help=argparse.SUPPRESS)
+    p.add_argument("--log-every", type=int, default=10, help="steps between logged training metrics")
 
 
 def main(argv: list[str] | None = None) -> int:

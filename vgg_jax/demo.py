@@ -39,7 +39,9 @@ def resolve_weights(weights: str | None, out: Path, offline: bool) -> tuple[Path
     return path, "RANDOM weights (Keras 0.x Theano layout)"
 
 
-def run(weights: str | None = None, out: str | os.PathLike = "runs/demo", offline: bool = False, images: int = 2) -> int:
+def run(
+    weights: str | None = None, out: str | os.PathLike = "runs/demo", offline: bool = False, images: int = 2
+) -> int:
     from convert import convert_file, parity
     from vgg_jax import params_io
 

@@ -76,13 +76,13 @@ def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
     with _open(path) as f:
         raw = f.metadata() or {}
     if raw.get("format") != FORMAT:
-        raise UserError(f"{path}: not a vgg-jax params file (no '{FORMAT}' metadata); convert Keras files with `vgg-jax convert`")
+        raise UserError(
+            f"{path}: not a vgg-jax params file (no '{FORMAT}' metadata); convert Keras files with `vgg-jax convert`"
+        )
     return {k: json.loads(v) for k, v in raw.items() if k != "format"}
 
 
-def load(
-    path: str | os.PathLike, like: Mapping[str, Any] | None = None
-) -> dict[str, Any]:
+def load(path: str | os.PathLike, like: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Reads a params file into nested numpy arrays.
 
     With `like` (a pytree of arrays or ShapeDtypeStructs), reads exactly like's keys, checks
@@ -109,6 +109,12 @@ def load(
                 raise UserError(f"{path}: {k} has shape {tuple(array.shape)}, the model expects {tuple(spec.shape)}")
             out[k] = array
         return unflatten(out)
+
+
+def load_keys(path: str | os.PathLike) -> set[str]:
+    """Top-level layer names in a params file, without reading any array."""
+    with _open(path) as f:
+        return {k.split("/")[0] for k in f.keys()}
 
 
 @contextmanager

@@ -1,0 +1,170 @@
+"""The jitted step: frozen params untouched, optimizer state only for trainable params, and a compiled
+cost that shows the frozen backbone is never differentiated (XLA cost analysis, not wall time)."""
+
+from __future__ import annotations
+
+from functools import partial
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from vgg_jax.classifier import Classifier, image_apply_fn
+from vgg_jax.freeze import POLICIES, split
+from vgg_jax.optim import make_optimizer
+from vgg_jax.preprocess import preprocess_input
+from vgg_jax.step import create_state, eval_step, train_step
+
+SMALL = dict(depths=(1, 1, 1, 1, 1), widths=(8, 8, 16, 16, 16), fc_units=32)
+
+
+def small_batch(n=8, size=32, seed=0):
+    rng = np.random.default_rng(seed)
+    return {
+        "inputs": rng.integers(0, 256, (n, size, size, 3), dtype=np.uint8),
+        "label": rng.integers(0, 2, n).astype(np.int32),
+        "mask": np.ones(n, bool),
+    }
+
+
+def init(model, size=32, seed=0):
+    return model.init({"params": jax.random.key(seed), "dropout": jax.random.key(1)}, jnp.zeros((1, size, size, 3)))[
+        "params"
+    ]
+
+
+def flops(fn, *args) -> float:
+    cost = jax.jit(fn).lower(*args).compile().cost_analysis()
+    return float((cost[0] if isinstance(cost, list) else cost)["flops"])
+
+
+@pytest.mark.parametrize("policy", POLICIES)
+def test_frozen_bit_identical_trainable_changes(policy):
+    probe = split(init(Classifier(**SMALL)), policy)[0]
+    model = Classifier(**SMALL, dropout_on=tuple(k for k in ("fc1", "fc2") if k in probe))
+    params = init(model)
+    trainable, frozen = split(params, policy)
+    before = jax.tree.map(np.array, frozen)
+    tx = make_optimizer(trainable, lr=1e-2)
+    step = jax.jit(partial(train_step, apply_fn=image_apply_fn(model), tx=tx), donate_argnums=0)
+    state = create_state(trainable, tx, seed=0)
+    start = jax.tree.map(np.array, state.params)
+    for i in range(3):
+        state, metrics = step(state, frozen, small_batch(seed=i))
+    assert bool(metrics["finite"])
+    jax.tree.map(np.testing.assert_array_equal, frozen, before)
+    changed = jax.tree.map(lambda a, b: not np.array_equal(np.asarray(a), b), state.params, start)
+    assert all(jax.tree.leaves(changed)), f"{policy}: some trainable param did not move"
+
+
+def test_recipe_optimizer_state_is_head_sized():
+    model = Classifier()  # full VGG16 + 1-unit head
+    params = jax.eval_shape(lambda: init(model, size=224))
+    trainable, _ = split(params, "fc2")
+    state = jax.eval_shape(lambda t: make_optimizer(t).init(t), trainable)
+    opt_bytes = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(state))
+    head_bytes = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(trainable))
+    print(
+        f"recipe policy: Adam state {opt_bytes:,} bytes for a {head_bytes:,}-byte head ({opt_bytes / head_bytes:.2f}x)"
+    )
+    assert head_bytes == 4097 * 4 and opt_bytes <= 3 * head_bytes
+
+
+@pytest.fixture(scope="module")
+def vgg16_costs():
+    """Compiled FLOPs of full-size VGG16 (224x224, batch 2) for the forward and several steps."""
+    model = Classifier()
+    params = jax.eval_shape(lambda: init(model, size=224))
+    batch = {
+        "inputs": jax.ShapeDtypeStruct((2, 224, 224, 3), jnp.uint8),
+        "label": jax.ShapeDtypeStruct((2,), jnp.int32),
+        "mask": jax.ShapeDtypeStruct((2,), jnp.bool_),
+    }
+    costs = {"forward": flops(lambda p, x: model.apply({"params": p}, preprocess_input(x)), params, batch["inputs"])}
+
+    def step_cost(policy, clip=None):
+        trainable, frozen = split(params, policy)
+        m = Classifier(dropout_on=tuple(k for k in ("fc1", "fc2") if k in trainable))
+        tx = make_optimizer(trainable, clip_norm=clip)
+        state = jax.eval_shape(lambda t: create_state(t, tx, 0), trainable)
+        return flops(partial(train_step, apply_fn=image_apply_fn(m), tx=tx), state, frozen, batch)
+
+    costs["fc2"] = step_cost("fc2")
+    costs["fc2 + clip"] = step_cost("fc2", clip=1.0)
+    costs["block4 (fine-tune block5)"] = step_cost("block4")
+    costs["none (full fine-tune)"] = step_cost("none")
+
+    # The trap PEERS.md measured: grads of everything, masked afterwards by an optimizer that reads them.
+    frozen_mask = {k: jax.tree.map(lambda _: k != "head", v) for k, v in params.items()}
+    tx = optax.chain(optax.adam(1e-3), optax.masked(optax.set_to_zero(), frozen_mask))
+
+    def naive(p, opt, b):
+        logits = lambda q: model.apply({"params": q}, preprocess_input(b["inputs"]))[:, 0]  # noqa: E731
+        g = jax.grad(lambda q: optax.sigmoid_binary_cross_entropy(logits(q), b["label"].astype(jnp.float32)).mean())(p)
+        u, opt = tx.update(g, opt, p)
+        return optax.apply_updates(p, u), opt
+
+    costs["naive full grad + adam(all)"] = flops(naive, params, jax.eval_shape(tx.init, params), batch)
+    for name, value in costs.items():
+        print(f"{name:<30} {value / 2 / 1e9:8.2f} GFLOP/image")
+    return costs
+
+
+def test_frozen_head_step_costs_one_forward(vgg16_costs):
+    for variant in ("fc2", "fc2 + clip"):
+        ratio = vgg16_costs[variant] / vgg16_costs["forward"]
+        assert 0.95 <= ratio <= 1.05, f"{variant}: {ratio:.3f}x the forward's FLOPs"
+
+
+def test_block5_finetune_well_under_full(vgg16_costs):
+    assert vgg16_costs["block4 (fine-tune block5)"] < 0.6 * vgg16_costs["none (full fine-tune)"]
+    assert vgg16_costs["none (full fine-tune)"] > 2.5 * vgg16_costs["forward"]
+
+
+def test_cost_analysis_sees_the_naive_trap(vgg16_costs):
+    """The measure can fail: the naive variant that differentiates the backbone costs ~3x."""
+    assert vgg16_costs["naive full grad + adam(all)"] > 2.5 * vgg16_costs["forward"]
+
+
+def test_dropout_only_on_trainable_fc():
+    batch = small_batch()
+    for dropout_on, varies in (((), False), (("fc2",), True)):
+        model = Classifier(**SMALL, dropout_on=dropout_on)
+        params = init(model)
+        apply = image_apply_fn(model)
+        a = apply(params, batch["inputs"], True, jax.random.key(1))
+        b = apply(params, batch["inputs"], True, jax.random.key(2))
+        ev = apply(params, batch["inputs"], False, jax.random.key(1))
+        assert (not np.allclose(a, b)) == varies
+        assert np.allclose(ev, apply(params, batch["inputs"], False, jax.random.key(2)))
+
+
+def test_learns_and_is_deterministic():
+    model = Classifier(**SMALL, head_units=3)  # softmax head
+    batch = small_batch()
+    batch["label"] = batch["label"] + (batch["inputs"].mean(axis=(1, 2, 3)) > 127)  # 3 classes
+    results = []
+    for _ in range(2):
+        trainable, frozen = split(init(model), "none")
+        tx = make_optimizer(trainable, lr=3e-3)
+        step = jax.jit(partial(train_step, apply_fn=image_apply_fn(model), tx=tx), donate_argnums=0)
+        state = create_state(trainable, tx, seed=0)
+        first = None
+        for _ in range(30):
+            state, m = step(state, frozen, batch)
+            first = first if first is not None else float(m["loss"])
+        results.append((first, float(m["loss"]), jax.tree.map(np.asarray, state.params)))
+    assert results[0][1] < 0.5 * results[0][0]
+    jax.tree.map(np.testing.assert_array_equal, results[0][2], results[1][2])
+
+
+def test_eval_step_counts_only_unmasked():
+    model = Classifier(**SMALL)
+    params = init(model)
+    batch = small_batch(n=4)
+    batch["mask"] = np.array([True, True, True, False])
+    out = jax.jit(partial(eval_step, apply_fn=image_apply_fn(model)))(params, {}, batch)
+    assert float(out["count"]) == 3 and out["probs"].shape == (4, 2)
+    np.testing.assert_allclose(np.asarray(out["probs"]).sum(-1), 1, rtol=1e-6)

@@ -1,0 +1,191 @@
+"""The trainer end to end on a generated folder of real JPEGs: learning, freezing, the feature cache,
+evaluate/predict, run-folder rules and divergence. Small VGG variants at 32x32 keep it fast."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from vgg_jax import params_io
+from vgg_jax.config import TrainConfig
+from vgg_jax.errors import UserError
+from vgg_jax.evaluate import evaluate, export, load_run, predict
+from vgg_jax.synthetic import write_folder
+from vgg_jax.train import Diverged, train
+
+SMALL = dict(arch="vgg11", widths=(8, 8, 16, 16, 16), fc_units=32, image_size=32, batch_size=8, lr=3e-3)
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    return write_folder(tmp_path_factory.mktemp("data") / "dogscats", train=40, valid=16, test=10, seed=1)
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("cache")
+
+
+@pytest.fixture(autouse=True)
+def own_cache(cache, monkeypatch):
+    monkeypatch.setenv("VGG_JAX_CACHE", str(cache))
+
+
+@pytest.fixture(scope="module")
+def scratch_run(folder, tmp_path_factory, cache):
+    """A small VGG trained end to end from random init (every layer trainable)."""
+    import os
+
+    os.environ["VGG_JAX_CACHE"] = str(cache)
+    out = tmp_path_factory.mktemp("runs") / "scratch"
+    result = train(TrainConfig(data=str(folder), out=str(out), epochs=5, freeze_through="none", **SMALL))
+    return out, result
+
+
+def cfg(folder, out, **changes) -> TrainConfig:
+    return TrainConfig(data=str(folder), out=str(out), **{**SMALL, **changes})
+
+
+def heads(run) -> dict:
+    return jax.tree.map(np.asarray, load_run(run, which="latest")[3]["head"])
+
+
+def test_learns_from_random_init(scratch_run):
+    out, result = scratch_run
+    print(f"scratch: valid accuracy {result['accuracy']:.3f}, loss {result['loss']:.3f}")
+    assert result["accuracy"] >= 0.95
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows if r["kind"] == "valid"] == [1, 2, 3, 4, 5]
+    assert (out / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    run = json.loads((out / "run.json").read_text())
+    assert (
+        run["data"]["train_examples"] == 80 and len(run["data"]["train"]) >= 16 and run["classes"] == ["cats", "dogs"]
+    )
+
+
+def test_pretrained_backbone_beats_random_backbone(scratch_run, folder, tmp_path):
+    run, _ = scratch_run
+    weights = export(run, tmp_path / "pretrained.safetensors")
+    pretrained = train(cfg(folder, tmp_path / "pre", weights=str(weights), epochs=3))
+    random = train(cfg(folder, tmp_path / "rnd", epochs=3))
+    print(
+        f"head only: pretrained backbone {pretrained['accuracy']:.3f} / {pretrained['loss']:.3f}, random {random['accuracy']:.3f} / {random['loss']:.3f}"
+    )
+    assert pretrained["accuracy"] >= random["accuracy"] and pretrained["loss"] < random["loss"]
+    assert pretrained["accuracy"] >= 0.95
+
+
+def test_recipe_freezes_everything_but_the_head(scratch_run, folder, tmp_path):
+    run, _ = scratch_run
+    weights = export(run, tmp_path / "pretrained.safetensors")
+    before = params_io.load(weights)
+    out = tmp_path / "recipe"
+    train(cfg(folder, out, weights=str(weights), epochs=2))
+    _, _, _, trainable, frozen = load_run(out, which="latest")
+    assert set(trainable) == {"head"}
+    for layer, value in frozen.items():
+        jax.tree.map(np.testing.assert_array_equal, jax.tree.map(np.asarray, value), before[layer])
+    assert not np.array_equal(np.asarray(trainable["head"]["kernel"]), before["head"]["kernel"])
+
+
+def test_feature_cache_equals_training_through_the_backbone(scratch_run, folder, tmp_path, capsys):
+    run, _ = scratch_run
+    weights = str(export(run, tmp_path / "pretrained.safetensors"))
+    train(cfg(folder, tmp_path / "cached", weights=weights, epochs=2, cache_features=True))
+    assert "backbone pass over 80 images" in capsys.readouterr().out
+    train(cfg(folder, tmp_path / "direct", weights=weights, epochs=2, cache_features=False))
+    a, b = heads(tmp_path / "cached"), heads(tmp_path / "direct")
+    jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-6), a, b)
+    # A second run reuses the stored features ...
+    train(cfg(folder, tmp_path / "again", weights=weights, epochs=1, cache_features=True))
+    assert "train features from" in capsys.readouterr().out
+
+
+def test_stale_or_foreign_cache_is_never_used(scratch_run, folder, tmp_path, capsys):
+    run, _ = scratch_run
+    weights = str(export(run, tmp_path / "pretrained.safetensors"))
+    data = tmp_path / "data"
+    write_folder(data, train=12, valid=8, test=0, seed=5)
+    train(cfg(data, tmp_path / "one", weights=weights, epochs=1))
+    capsys.readouterr()
+    write_folder(data / "extra", train=1, valid=0, test=0, seed=6)  # new files elsewhere change nothing ...
+    (data / "train" / "cats" / "cat.0.jpg").write_bytes(
+        (data / "train" / "cats" / "cat.1.jpg").read_bytes()
+    )  # ... an edited one does
+    train(cfg(data, tmp_path / "two", weights=weights, epochs=1))
+    out = capsys.readouterr().out
+    print(out)
+    assert "feature cache: train backbone pass" in out and "feature cache: valid features from" in out
+
+
+def test_foreign_cache_metadata_is_rejected(tmp_path, monkeypatch):
+    from vgg_jax import features
+
+    monkeypatch.setenv("VGG_JAX_CACHE", str(tmp_path))
+    fields = {"weights_sha256": "a" * 64, "data": "x"}
+    stored = features.Features(np.ones((3, 4), np.float32), np.ones(3, bool), np.zeros(3, np.int32))
+    d = features.store(fields, "train", stored)
+    assert features.load(fields, "train", 3) is not None
+    assert features.load(fields, "train", 4) is None  # a different number of examples
+    meta = json.loads((d / "train.json").read_text())
+    meta["fields"]["data"] = "y"
+    (d / "train.json").write_text(json.dumps(meta))
+    assert features.load(fields, "train", 3) is None
+
+
+def test_evaluate_and_predict_every_image_once(scratch_run, tmp_path, capsys):
+    run, _ = scratch_run
+    big = write_folder(tmp_path / "big", train=0, valid=0, test=1001, seed=7, size=(24, 24))
+    for name in ("cats", "dogs"):
+        (big / "valid" / name).rmdir()
+        (big / "train" / name).rmdir()
+    out = predict(run, str(big / "test1"), str(tmp_path / "sub.csv"), clip=0.05, batch_size=64)
+    rows = list(csv.reader(open(out)))
+    assert rows[0] == ["id", "label"] and len(rows) == 1002
+    assert sorted(int(r[0]) for r in rows[1:]) == list(range(1, 1002))
+    assert all(0.05 <= float(r[1]) <= 0.95 for r in rows[1:])
+    result = evaluate(run, batch_size=7)  # 32 valid images: 5 batches, the last padded
+    assert result["count"] == 32 and result["confusion"].sum() == 32
+    assert "confusion matrix" in capsys.readouterr().out
+
+
+def test_run_folder_rules(scratch_run, folder, tmp_path):
+    run, _ = scratch_run
+    with pytest.raises(UserError, match="already holds a run"):
+        train(cfg(folder, run, epochs=1))
+    with pytest.raises(UserError, match=r"different configuration \(lr\)"):
+        train(cfg(folder, run, epochs=5, freeze_through="none", lr=1.0), resume=True)
+    with pytest.raises(UserError, match="nothing to resume"):
+        train(cfg(folder, tmp_path / "new", epochs=1), resume=True)
+
+
+def test_divergence_stops_with_a_clear_message(folder, tmp_path):
+    out = tmp_path / "nan"
+    # SGD at lr 30 blows up within a few steps, after some good ones were checkpointed.
+    with pytest.raises(Diverged, match=r"NaN/inf near step \d+ .* Last good checkpoint: step \d+") as info:
+        train(
+            cfg(folder, out, epochs=2, freeze_through="none", optimizer="sgd", lr=30.0, checkpoint_every=1, log_every=1)
+        )
+    print(info.value)
+    _, _, _, trainable, _ = load_run(out, which="latest")
+    assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(trainable)), (
+        "a non-finite state was checkpointed"
+    )
+
+
+def test_cli_errors_are_one_line(folder, tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "vgg_jax", "train", "--data", str(tmp_path / "missing"), "--out", str(tmp_path / "r")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 2 and result.stderr.strip().count("\n") == 0 and "missing" in result.stderr, (
+        result.stderr
+    )

@@ -1,0 +1,147 @@
+"""`vgg-jax evaluate` and `vgg-jax predict`: restore a run's best checkpoint and score or predict images."""
+
+from __future__ import annotations
+
+import csv
+from functools import partial
+from pathlib import Path
+
+import jax
+import numpy as np
+
+from vgg_jax import rundir
+from vgg_jax.checkpoint import Checkpoints
+from vgg_jax.classifier import image_apply_fn
+from vgg_jax.config import TrainConfig
+from vgg_jax.errors import UserError
+from vgg_jax.freeze import parse_lr_mults, split
+from vgg_jax.network import build_model, init_params, resolve_weights
+from vgg_jax.optim import make_optimizer
+from vgg_jax.params_io import atomic_path
+from vgg_jax.rundir import say
+from vgg_jax.step import create_state, eval_step
+from vgg_jax.train import evaluate_batches
+
+
+def load_run(run_dir: str | Path, weights: str | None = None, which: str | int = "best"):
+    """(config, class names, eval function, trainable, frozen) from a run folder's "best" or "latest" checkpoint, or a step."""
+    info = rundir.read_run(run_dir)
+    cfg = TrainConfig.from_json(info["config"])
+    resolved = resolve_weights(weights or info["weights"]["path"])
+    if resolved.sha256 != info["weights"]["sha256"]:
+        raise UserError(
+            f"{resolved.path}: not the weights file run {run_dir} was trained with (sha256 differs); pass --weights"
+        )
+    classes = info["classes"]
+    probe = build_model(cfg, len(classes))
+    trainable, frozen = split(init_params(probe, cfg, resolved), cfg.freeze_through)
+    model = probe.clone(dropout_on=tuple(k for k in ("fc1", "fc2") if k in trainable))
+    tx = make_optimizer(
+        trainable,
+        name=cfg.optimizer,
+        lr=cfg.lr,
+        warmup_steps=cfg.warmup_steps,
+        cosine=cfg.schedule == "cosine",
+        momentum=cfg.momentum,
+        clip_norm=cfg.clip_norm,
+        lr_mults=parse_lr_mults(cfg.lr_mult),
+    )
+    checkpoints = Checkpoints(Path(run_dir) / "checkpoints", cfg.keep_checkpoints)
+    step = {"best": checkpoints.best_step, "latest": checkpoints.latest_step}.get(which, lambda: which)()
+    if step is None:
+        raise UserError(f"{run_dir}: no checkpoint yet; train first")
+    state, _ = checkpoints.restore(step, create_state(trainable, tx, cfg.seed))
+    checkpoints.close()
+    say(f"{run_dir}: checkpoint step {step}")
+    return cfg, classes, jax.jit(partial(eval_step, apply_fn=image_apply_fn(model))), state.params, frozen
+
+
+def evaluate(
+    run_dir: str | Path, data_spec: str | None = None, split_name: str = "valid", batch_size: int | None = None
+) -> dict:
+    """Accuracy, log loss and confusion matrix on a labelled split; prints them and returns them."""
+    from vgg_jax import data
+
+    cfg, classes, eval_fn, trainable, frozen = load_run(run_dir)
+    source = data.open_source(data_spec or cfg.data, split_name, valid_fraction=cfg.valid_fraction, seed=cfg.seed)
+    if source.class_names != classes:
+        raise UserError(f"{data_spec or cfg.data}: classes {source.class_names} differ from the run's {classes}")
+    say(f"{split_name}: {source.describe()}")
+    bs = batch_size or cfg.eval_batch_size or cfg.batch_size
+    result = evaluate_batches(eval_fn, trainable, frozen, _batches(data, source, cfg, bs))
+    labels = result["labels"].astype(np.int64)
+    predicted = result["probs"].argmax(-1)
+    confusion = np.zeros((len(classes), len(classes)), np.int64)
+    np.add.at(confusion, (labels, predicted), 1)
+    result["confusion"] = confusion
+    width = max(8, *(len(c) for c in classes))
+    say(f"accuracy {result['accuracy']:.4f}   log loss {result['loss']:.4f}   ({result['count']} images)")
+    say("confusion matrix (rows: true, columns: predicted)")
+    say(" " * (width + 2) + "".join(f"{c:>{width}}" for c in classes))
+    for name, row in zip(classes, confusion):
+        say(f"  {name:<{width}}" + "".join(f"{v:>{width}}" for v in row))
+    return result
+
+
+def predict(
+    run_dir: str | Path,
+    target: str,
+    csv_path: str | None = None,
+    clip: float | None = None,
+    batch_size: int | None = None,
+) -> Path:
+    """Writes id,label (Kaggle Dogs vs Cats: label = P(class 1)) for every image in `target`, in id order."""
+    from vgg_jax import data
+
+    cfg, classes, eval_fn, trainable, frozen = load_run(run_dir)
+    source = data.open_source(target, "test")
+    say(f"predict: {source.describe()}")
+    if clip is not None and not 0 <= clip < 0.5:
+        raise UserError(f"--clip must be in [0, 0.5). Received: {clip}")
+    bs = batch_size or cfg.eval_batch_size or cfg.batch_size
+    result = evaluate_batches(eval_fn, trainable, frozen, _batches(data, source, cfg, bs, labelled=False))
+    probs, ids = result["probs"], result["ids"]
+    # Files that could not be decoded still get a row (a Kaggle submission needs every id): the uninformative prior.
+    unreadable = [Path(p).stem for p, _ in source.skipped + source.failed]
+    if unreadable:
+        say(
+            f"predict: {len(unreadable)} unreadable image(s) get probability {1 / len(classes):.2f}: {', '.join(unreadable[:5])}"
+        )
+        probs = np.concatenate([probs, np.full((len(unreadable), len(classes)), 1 / len(classes))])
+        ids = ids + unreadable
+    if clip:
+        probs = np.clip(probs, clip, 1 - clip)
+    out = Path(csv_path or Path(run_dir) / "predictions.csv")
+    with atomic_path(out) as tmp, open(tmp, "w", newline="") as f:
+        writer = csv.writer(f)
+        if len(classes) == 2:
+            writer.writerow(["id", "label"])
+            writer.writerows([i, f"{p[1]:.6f}"] for i, p in zip(ids, probs))
+        else:
+            writer.writerow(["id", *classes])
+            writer.writerows([i, *(f"{v:.6f}" for v in p)] for i, p in zip(ids, probs))
+    say(
+        f"wrote {out} ({len(ids)} rows; label = P({classes[1]})"
+        + (f", clipped to [{clip}, {1 - clip}])" if clip else ")")
+    )
+    return out
+
+
+def _batches(data, source, cfg: TrainConfig, batch_size: int, labelled: bool = True):
+    for b in data.eval_batches(source, batch_size, image_size=cfg.image_size, resize=cfg.resize):
+        label = b["label"] if labelled else np.zeros(len(b["mask"]), np.int32)
+        yield {"inputs": b["image"], "label": label, "mask": b["mask"], "id": b["id"]}
+
+
+def export(run_dir: str | Path, out: str | Path, which: str = "best") -> Path:
+    """Writes the run's whole network (frozen + trained params, `head` included) as a params file."""
+    from vgg_jax import params_io
+    from vgg_jax.freeze import merge
+
+    cfg, classes, _, trainable, frozen = load_run(run_dir, which=which)
+    params = jax.tree.map(np.asarray, merge(trainable, frozen))
+    params_io.save(
+        out, params, {"architecture": cfg.arch, "classes": classes, "exported_from": str(run_dir), "top": cfg.top}
+    )
+    say(f"wrote {out}")
+    return Path(out)

@@ -1,0 +1,71 @@
+"""Freeze policies: split params into (trainable, frozen) before differentiating, and per-group learning rates.
+
+`--freeze-through X` freezes X and everything below it; layers are ordered
+block1 < ... < block5 < fc1 < fc2 < head, and the head is always trained.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import Any
+
+from vgg_jax.errors import UserError
+
+ORDER = ("block1", "block2", "block3", "block4", "block5", "fc1", "fc2", "head")
+POLICIES = ("fc2", "fc1", "block5", "block4", "block3", "block2", "block1", "none")
+
+
+def group_of(layer: str) -> str:
+    """'block3_conv2' -> 'block3'; 'fc1' -> 'fc1'; 'head' -> 'head'."""
+    match = re.match(r"(block\d+)_conv\d+$", layer)
+    return match.group(1) if match else layer
+
+
+def trainable_layers(params: Mapping[str, Any], freeze_through: str) -> set[str]:
+    """Names of the top-level layers left trainable by the policy; errors if it matches nothing."""
+    if freeze_through not in POLICIES:
+        raise UserError(f"--freeze-through must be one of {', '.join(POLICIES)}. Received: {freeze_through!r}")
+    groups = {group_of(layer) for layer in params}
+    if freeze_through != "none" and freeze_through not in groups:
+        raise UserError(
+            f"--freeze-through {freeze_through} matches no parameter; this model has {', '.join(g for g in ORDER if g in groups)}"
+        )
+    cut = -1 if freeze_through == "none" else ORDER.index(freeze_through)
+    trainable = {layer for layer in params if ORDER.index(group_of(layer)) > cut}
+    if not trainable:
+        raise UserError(f"--freeze-through {freeze_through} leaves nothing trainable")
+    return trainable
+
+
+def split(params: Mapping[str, Any], freeze_through: str) -> tuple[dict, dict]:
+    """-> (trainable, frozen), two disjoint dicts of top-level layers covering `params`."""
+    keep = trainable_layers(params, freeze_through)
+    return {k: v for k, v in params.items() if k in keep}, {k: v for k, v in params.items() if k not in keep}
+
+
+def merge(trainable: Mapping[str, Any], frozen: Mapping[str, Any]) -> dict:
+    return {**frozen, **trainable}
+
+
+def parse_lr_mults(spec: str | None) -> dict[str, float]:
+    """'conv=0.1,fc=0.5,block5=1' -> {'block1': 0.1, ..., 'block5': 1.0, 'fc1': 0.5, 'fc2': 0.5}.
+
+    `conv` stands for every block, `fc` for fc1 and fc2; later entries override earlier ones.
+    """
+    mults: dict[str, float] = {}
+    for item in filter(None, (spec or "").split(",")):
+        name, _, value = item.partition("=")
+        name = name.strip()
+        try:
+            factor = float(value)
+        except ValueError:
+            raise UserError(f"--lr-mult expects GROUP=FACTOR items (e.g. conv=0.1). Received: {item!r}") from None
+        if factor <= 0:
+            raise UserError(f"--lr-mult {name}={value}: factors must be > 0; freeze with --freeze-through instead")
+        groups = {"conv": ORDER[:5], "fc": ("fc1", "fc2")}.get(name, (name,))
+        for group in groups:
+            if group not in ORDER:
+                raise UserError(f"--lr-mult: unknown group {name!r}; use conv, fc, {', '.join(ORDER)}")
+            mults[group] = factor
+    return mults

@@ -1,0 +1,334 @@
+"""`vgg-jax train`: the one module that wires data, network, step, checkpoints and metrics together."""
+
+from __future__ import annotations
+
+import platform
+import time
+from functools import partial
+from pathlib import Path
+
+import jax
+import numpy as np
+
+from vgg_jax import features as feature_cache
+from vgg_jax import rundir
+from vgg_jax.checkpoint import Checkpoints, Position
+from vgg_jax.classifier import Classifier, feature_apply_fn, image_apply_fn
+from vgg_jax.config import TrainConfig
+from vgg_jax.errors import UserError
+from vgg_jax.freeze import parse_lr_mults, split
+from vgg_jax.network import build_model, init_params, param_bytes, resolve_weights
+from vgg_jax.optim import make_optimizer
+from vgg_jax.rundir import say
+from vgg_jax.step import create_state, eval_step, train_step
+
+
+class Diverged(UserError):
+    """The loss became NaN or inf; the run stopped and its last good checkpoint stays."""
+
+
+def open_sources(cfg: TrainConfig):
+    from vgg_jax import data
+
+    train_src = data.open_source(cfg.data, "train", valid_fraction=cfg.valid_fraction, seed=cfg.seed)
+    valid_src = data.open_source(cfg.data, "valid", valid_fraction=cfg.valid_fraction, seed=cfg.seed)
+    if train_src.class_names != valid_src.class_names:
+        raise UserError(
+            f"{cfg.data}: train classes {train_src.class_names} differ from valid classes {valid_src.class_names}"
+        )
+    return train_src, valid_src
+
+
+def use_feature_cache(cfg: TrainConfig) -> bool:
+    possible = cfg.freeze_through == "fc2" and not cfg.augment
+    if cfg.cache_features and not possible:
+        raise UserError(
+            "--cache-features needs everything below the head frozen (--freeze-through fc2) and no --augment"
+        )
+    return possible if cfg.cache_features is None else cfg.cache_features
+
+
+def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -> dict:
+    """Trains per `cfg` into the run folder `cfg.out`; returns the final validation metrics."""
+    from vgg_jax import data
+
+    run_dir = rundir.prepare(cfg, resume, overwrite)
+    train_src, valid_src = open_sources(cfg)
+    say(f"train: {train_src.describe()}")
+    say(f"valid: {valid_src.describe()}")
+    weights = resolve_weights(cfg.weights)
+    say(f"weights: {weights.label}")
+
+    probe = build_model(cfg, len(train_src.class_names))
+    params = init_params(probe, cfg, weights)
+    trainable, frozen = split(params, cfg.freeze_through)
+    del params
+    model = probe.clone(dropout_on=tuple(k for k in ("fc1", "fc2") if k in trainable))
+    steps_per_epoch = data.steps_per_epoch(train_src, cfg.batch_size)
+    if steps_per_epoch == 0:
+        raise UserError(
+            f"{cfg.data}: {train_src.num_examples} training images, fewer than one batch of {cfg.batch_size}"
+        )
+    tx = make_optimizer(
+        trainable,
+        name=cfg.optimizer,
+        lr=cfg.lr,
+        total_steps=cfg.epochs * steps_per_epoch,
+        warmup_steps=cfg.warmup_steps,
+        cosine=cfg.schedule == "cosine",
+        momentum=cfg.momentum,
+        clip_norm=cfg.clip_norm,
+        lr_mults=parse_lr_mults(cfg.lr_mult),
+    )
+    state = create_state(trainable, tx, cfg.seed)
+    checkpoints = Checkpoints(run_dir / "checkpoints", cfg.keep_checkpoints)
+    position = Position(0, 0)
+    if resume and (latest := checkpoints.latest_step()) is not None:
+        _check_same_inputs(run_dir, train_src, weights)
+        state, meta = checkpoints.restore(latest, state)
+        position = Position(meta["epoch"], meta["batch"])
+        say(f"resuming from step {latest} (epoch {position.epoch + 1}, batch {position.batch})")
+    rundir.write_run(
+        run_dir,
+        {
+            "config": cfg.to_json(),
+            "classes": train_src.class_names,
+            "data": {
+                "train": train_src.fingerprint,
+                "valid": valid_src.fingerprint,
+                "train_examples": train_src.num_examples,
+                "valid_examples": valid_src.num_examples,
+                "skipped": len(train_src.skipped) + len(valid_src.skipped),
+            },
+            "weights": {"path": weights.path, "sha256": weights.sha256},
+            "params": {
+                "trainable": param_bytes(state.params) // 4,
+                "frozen": param_bytes(frozen) // 4,
+                "optimizer_state_bytes": param_bytes(state.opt_state),
+            },
+            "versions": {"jax": jax.__version__, "python": platform.python_version(), "devices": str(jax.devices())},
+        },
+    )
+    say(
+        f"trainable: {', '.join(sorted(state.params))} ({param_bytes(state.params) // 4:,} params); frozen: {param_bytes(frozen) // 4:,} params"
+    )
+    metrics = rundir.Metrics(run_dir, resume_step=int(state.step) if resume else None)
+
+    eval_bs = cfg.eval_batch_size or cfg.batch_size
+    if use_feature_cache(cfg):
+        inputs = _cached_features(cfg, model, frozen, weights, train_src, valid_src, eval_bs)
+        apply_fn = feature_apply_fn(model)
+        epoch_batches = partial(_feature_batches, inputs["train"], train_src, cfg)
+        valid_batches = partial(_feature_eval_batches, inputs["valid"], valid_src, eval_bs)
+        step_frozen = {}
+    else:
+        apply_fn = image_apply_fn(model)
+        epoch_batches = partial(_image_batches, train_src, cfg)
+        valid_batches = partial(_image_eval_batches, valid_src, cfg, eval_bs)
+        step_frozen = frozen
+    step_fn = jax.jit(partial(train_step, apply_fn=apply_fn, tx=tx), donate_argnums=0)
+    eval_fn = jax.jit(partial(eval_step, apply_fn=apply_fn))
+
+    result = {}
+    try:
+        for epoch in range(position.epoch, cfg.epochs):
+            start = position.batch if epoch == position.epoch else 0
+            state = _run_epoch(
+                cfg,
+                state,
+                step_fn,
+                step_frozen,
+                epoch_batches(epoch, start),
+                epoch,
+                start,
+                steps_per_epoch,
+                checkpoints,
+                metrics,
+            )
+            result = evaluate_batches(eval_fn, state.params, step_frozen, valid_batches())
+            metrics.log(
+                kind="valid", step=int(state.step), epoch=epoch + 1, loss=result["loss"], accuracy=result["accuracy"]
+            )
+            say(
+                f"epoch {epoch + 1}/{cfg.epochs}: valid loss {result['loss']:.4f}, accuracy {result['accuracy']:.2%} ({result['count']} images)"
+            )
+            checkpoints.save(int(state.step), state, Position(epoch + 1, 0), val_loss=result["loss"])
+            metrics.plot(run_dir / "curves.png")
+    finally:
+        checkpoints.wait()
+        checkpoints.close()
+    say(f"run folder: {run_dir} (run.json, metrics.jsonl, curves.png, checkpoints/)")
+    return result
+
+
+def _run_epoch(cfg, state, step_fn, frozen, batches, epoch, start, steps_per_epoch, checkpoints, metrics):
+    from tqdm import tqdm
+
+    bar = tqdm(
+        total=steps_per_epoch,
+        initial=start,
+        desc=f"epoch {epoch + 1}/{cfg.epochs}",
+        unit="step",
+        dynamic_ncols=True,
+        mininterval=1.0,
+    )
+    window_start, window_images, window = time.perf_counter(), 0, []
+    step = int(state.step)  # counted on the host: reading state.step would wait for every step
+    for index, batch in enumerate(batches, start):
+        state, m = step_fn(state, frozen, batch)
+        step += 1
+        window.append(m)
+        window_images += int(np.sum(batch["mask"]))
+        bar.update(1)
+        # The epoch's last step is checkpointed after validation, with its val loss.
+        at_checkpoint = cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and index + 1 < steps_per_epoch
+        if len(window) >= cfg.log_every or at_checkpoint or index + 1 == steps_per_epoch:
+            stats = jax.device_get(window)
+            if not all(bool(s["finite"]) for s in stats):
+                bar.close()
+                last = checkpoints.latest_step()
+                raise Diverged(
+                    f"{cfg.out}: loss became NaN/inf near step {step} (epoch {epoch + 1}); stopped. "
+                    f"Last good checkpoint: {'none' if last is None else f'step {last}'}; try a lower --lr or --clip-norm"
+                )
+            rate = window_images / max(time.perf_counter() - window_start, 1e-9)
+            loss, accuracy = float(np.mean([s["loss"] for s in stats])), float(np.mean([s["accuracy"] for s in stats]))
+            bar.set_postfix(loss=f"{loss:.4f}", img_s=f"{rate:.1f}")
+            metrics.log(kind="train", step=step, epoch=epoch + 1, loss=loss, accuracy=accuracy, images_per_s=rate)
+            window_start, window_images, window = time.perf_counter(), 0, []
+        if at_checkpoint:
+            checkpoints.save(step, state, Position(epoch, index + 1))
+    bar.close()
+    return state
+
+
+def evaluate_batches(eval_fn, trainable, frozen, batches) -> dict:
+    """Accuracy, log loss, and per-example probabilities/labels/ids over every real (unmasked) example once."""
+    loss_sum = correct = count = 0.0
+    probs, labels, ids = [], [], []
+    for batch in batches:
+        arrays = {k: v for k, v in batch.items() if k != "id"}  # ids are strings: host-side only
+        out = jax.device_get(eval_fn(trainable, frozen, arrays))
+        loss_sum, correct, count = (
+            loss_sum + float(out["loss_sum"]),
+            correct + float(out["correct"]),
+            count + float(out["count"]),
+        )
+        real = np.asarray(batch["mask"], bool)
+        probs.append(np.asarray(out["probs"])[real])
+        labels.append(np.asarray(batch["label"])[real])
+        if "id" in batch:
+            ids.extend(np.asarray(batch["id"])[real].tolist())
+    n = max(count, 1.0)
+    return {
+        "loss": loss_sum / n,
+        "accuracy": correct / n,
+        "count": int(count),
+        "probs": np.concatenate(probs) if probs else np.zeros((0, 2)),
+        "labels": np.concatenate(labels) if labels else np.zeros(0, np.int32),
+        "ids": ids,
+    }
+
+
+def _image_batches(source, cfg: TrainConfig, epoch: int, start: int):
+    from vgg_jax import data
+
+    for b in data.train_batches(
+        source,
+        cfg.batch_size,
+        image_size=cfg.image_size,
+        resize=cfg.resize,
+        seed=cfg.seed,
+        epoch=epoch,
+        augment=cfg.augment,
+        start_batch=start,
+    ):
+        yield {"inputs": b["image"], "label": b["label"], "mask": b["mask"]}
+
+
+def _image_eval_batches(source, cfg: TrainConfig, batch_size: int):
+    from vgg_jax import data
+
+    for b in data.eval_batches(source, batch_size, image_size=cfg.image_size, resize=cfg.resize):
+        yield {"inputs": b["image"], "label": b["label"], "mask": b["mask"], "id": b["id"]}
+
+
+def _feature_batches(cached: feature_cache.Features, source, cfg: TrainConfig, epoch: int, start: int):
+    """The same examples in the same order as the image pipeline gives (data.permutation), as cached features."""
+    from vgg_jax import data
+
+    features, ok, labels = cached
+    steps = data.steps_per_epoch(source, cfg.batch_size)
+    order = data.permutation(source.num_examples, cfg.seed, epoch)[: steps * cfg.batch_size]
+    for i in range(start, steps):
+        idx = order[i * cfg.batch_size : (i + 1) * cfg.batch_size]
+        yield {"inputs": features[idx], "label": labels[idx], "mask": ok[idx]}
+
+
+def _feature_eval_batches(cached: feature_cache.Features, source, batch_size: int):
+    features, ok, labels = cached
+    for i in range(0, len(features), batch_size):
+        n = min(batch_size, len(features) - i)
+        pad = batch_size - n
+        yield {
+            "inputs": np.concatenate([features[i : i + n], np.zeros((pad, features.shape[1]), features.dtype)]),
+            "label": np.concatenate([labels[i : i + n], np.zeros(pad, np.int32)]),
+            "mask": np.concatenate([ok[i : i + n], np.zeros(pad, bool)]),
+        }
+
+
+def _cached_features(cfg, model: Classifier, frozen, weights, train_src, valid_src, batch_size: int) -> dict:
+    """Backbone features for train and valid, from the cache when its key matches, else computed once and stored."""
+    if weights.path is None:
+        say("feature cache: off for a random backbone (nothing to reuse); computing features in memory")
+    backbone = jax.jit(lambda p, x: model.apply({"params": p}, _preprocess(x, model), method=Classifier.backbone))
+    out = {}
+    for split_name, source in (("train", train_src), ("valid", valid_src)):
+        fields = {
+            "weights_sha256": weights.sha256,
+            "data": source.fingerprint,
+            "image_size": cfg.image_size,
+            "resize": cfg.resize,
+            "preprocessing": feature_cache.PREPROCESSING,
+            "arch": cfg.arch,
+            "widths": cfg.widths,
+            "fc_units": cfg.fc_units,
+            "top": cfg.top,
+            "dtype": cfg.dtype,
+        }
+        cached = feature_cache.load(fields, split_name, source.num_examples) if weights.path else None
+        if cached is not None:
+            say(f"feature cache: {split_name} features from {feature_cache.features_dir(fields)}")
+            out[split_name] = cached
+            continue
+        t0 = time.perf_counter()
+        computed = feature_cache.compute(
+            _image_eval_batches_raw(source, cfg, batch_size), lambda x: backbone(frozen, x), source.num_examples
+        )
+        say(
+            f"feature cache: {split_name} backbone pass over {source.num_examples} images in {time.perf_counter() - t0:.1f} s"
+        )
+        if weights.path:
+            feature_cache.store(fields, split_name, computed)
+        out[split_name] = computed
+    return out
+
+
+def _image_eval_batches_raw(source, cfg: TrainConfig, batch_size: int):
+    from vgg_jax import data
+
+    return data.eval_batches(source, batch_size, image_size=cfg.image_size, resize=cfg.resize)
+
+
+def _preprocess(images, model: Classifier):
+    from vgg_jax.preprocess import preprocess_input
+
+    return preprocess_input(images, model.dtype)
+
+
+def _check_same_inputs(run_dir: Path, train_src, weights) -> None:
+    info = rundir.read_run(run_dir)
+    if info["data"]["train"] != train_src.fingerprint:
+        raise UserError(f"{run_dir}: --resume with different training data than the run started with")
+    if info["weights"]["sha256"] != weights.sha256:
+        raise UserError(f"{run_dir}: --resume with a different weights file than the run started with (sha256 differs)")
