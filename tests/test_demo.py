@@ -1,18 +1,27 @@
-"""The README's main job runs offline on built-in defaults and says clearly when weights are random."""
+"""The README's main job runs the whole recipe offline on built-in defaults and says clearly when
+the weights are random."""
 
+import csv
+import os
 import subprocess
 import sys
 
 
-def test_demo_offline_random_weights_pass(tmp_path):
+def test_demo_offline_whole_recipe(tmp_path):
+    env = {**os.environ, "VGG_JAX_CACHE": str(tmp_path / "cache"), "HOME": str(tmp_path), "KERAS_HOME": str(tmp_path / "k")}
+    env.pop("VGG_JAX_WEIGHTS", None)
+    out_dir = tmp_path / "demo"
     result = subprocess.run(
-        [sys.executable, "-m", "vgg_jax", "demo", "--offline", "--out", str(tmp_path / "demo")],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env={"VGG_JAX_CACHE": str(tmp_path / "cache"), "HOME": str(tmp_path), "PATH": ""},
+        [sys.executable, "-m", "vgg_jax", "demo", "--offline", "--out", str(out_dir)],
+        capture_output=True, text=True, timeout=600, env=env,
     )
-    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     out = result.stdout
     assert "USING RANDOM WEIGHTS" in out and "Keras 0.x" in out and "rotated 180 degrees" in out
-    assert "result: PASS" in out and (tmp_path / "demo" / "vgg16.safetensors").exists()
+    assert "PASS" in out and "feature cache: train backbone pass over 48 images" in out and "confusion matrix" in out
+    assert "the backbone had RANDOM weights" in out
+    run = out_dir / "run"
+    for name in ("run.json", "metrics.jsonl", "curves.png", "submission.csv"):
+        assert (run / name).exists(), name
+    rows = list(csv.reader(open(run / "submission.csv")))
+    assert rows[0] == ["id", "label"] and sorted(int(r[0]) for r in rows[1:]) == list(range(1, 9))

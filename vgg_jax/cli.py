@@ -109,6 +109,12 @@ def _predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bench(args: argparse.Namespace) -> int:
+    from vgg_jax.bench import run
+
+    return run(args)
+
+
 def _demo(args: argparse.Namespace) -> int:
     from vgg_jax.demo import run
 
@@ -153,6 +159,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--clip", type=float, help="clip probabilities to [c, 1-c] (log-loss insurance, e.g. 0.05)")
     p.add_argument("--batch-size", type=int)
     p.set_defaults(func=_predict)
+
+    p = sub.add_parser("bench", help="images/s of our inference and train-step variants on this machine's devices")
+    from vgg_jax.bench import add_arguments as bench_arguments
+
+    bench_arguments(p)
+    p.set_defaults(func=_bench)
 
     p = sub.add_parser("demo", help="the README's main job: port VGG16 weights and check parity (offline-safe)")
     p.add_argument(
@@ -223,8 +235,25 @@ def _train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--log-every", type=int, default=10, help="steps between logged training metrics")
 
 
+def enable_compilation_cache() -> None:
+    """jax's persistent compilation cache under ours, so a command's second run skips XLA compilation."""
+    import os
+
+    if os.environ.get("VGG_JAX_NO_COMPILATION_CACHE"):
+        return
+    import jax
+
+    from vgg_jax.paths import cache_dir
+
+    jax.config.update("jax_compilation_cache_dir", str(cache_dir() / "jax"))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command not in ("convert",):  # convert never touches jax
+        enable_compilation_cache()
     try:
         return args.func(args)
     except UserError as e:
