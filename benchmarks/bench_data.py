@@ -6,8 +6,8 @@ Generates (once) 500x375 quality-90 JPEGs with photo-like content, then measures
   - check: the structural broken-file check, microseconds per file (what open_source pays upfront);
   - tf.data: vgg_jax.data.train_batches (the real pipeline) with a private pool of N threads;
   - pillow: the alternative it was chosen over, Pillow decode + bilinear resize in N Python threads;
-  - step: a jitted VGG16 conv-backbone forward at 224x224, batch 8, random params (a stand-in for the
-    frozen-head train step, which costs about one forward pass) on this machine's CPU.
+  - step: the real frozen-head train step (vgg_jax.step.train_step, the recipe's freeze policy) on VGG16
+    at 224x224, batch 8, He-scaled random params, on this machine's CPU.
 Prints one JSON line per measurement, then a markdown table with ratio = pipeline img/s / step img/s
 and the ratio projected for a GPU step of --gpu-rate img/s. CPU ms/img and the load average show
 whether another process shared the cores (the machine has 2; wall-clock rates drop under contention).
@@ -103,30 +103,44 @@ def bench_pillow(paths: list[Path], threads: int, epochs: int, repeats: int) -> 
 
 
 def bench_step(batch: int, iters: int) -> dict:
-    """Jitted VGG16 backbone forward on uint8 224x224 input (caffe preprocessing inside), random numpy params."""
+    """The real frozen-head train step (the recipe: VGG16, everything but the head frozen, Adam) on uint8
+    224x224 batches, with He-scaled random params so activations keep ImageNet-like magnitudes."""
+    from functools import partial
+
     import jax
 
-    from vgg_jax.model import VGG
-    from vgg_jax.preprocess import preprocess_input
+    from vgg_jax.classifier import Classifier, image_apply_fn
+    from vgg_jax.freeze import split
+    from vgg_jax.optim import make_optimizer
+    from vgg_jax.step import create_state, train_step
 
-    model = VGG(include_top=False)
-    x = np.random.default_rng(0).integers(0, 256, (batch, 224, 224, 3), dtype=np.uint8)
-    shapes = jax.eval_shape(model.init, jax.random.key(0), jax.ShapeDtypeStruct(x.shape, np.float32))
+    model = Classifier()
+    shapes = jax.eval_shape(model.init, jax.random.key(0), jax.ShapeDtypeStruct((1, 224, 224, 3), np.float32))["params"]
     rng = np.random.default_rng(1)
-    params = jax.tree.map(lambda s: (rng.standard_normal(s.shape, np.float32) * 0.01).astype(s.dtype), shapes)
-    forward = jax.jit(lambda p, x: model.apply(p, preprocess_input(x)))
-    params, x = jax.device_put(params), jax.device_put(x)
+
+    def he(s):
+        fan_in = int(np.prod(s.shape[:-1])) if len(s.shape) > 1 else 1
+        return rng.standard_normal(s.shape, np.float32) * np.float32(np.sqrt(2 / fan_in) if len(s.shape) > 1 else 0.1)
+
+    trainable, frozen = split(jax.tree.map(he, shapes), "fc2")
+    tx = make_optimizer(trainable)
+    step = jax.jit(partial(train_step, apply_fn=image_apply_fn(model), tx=tx), donate_argnums=0)
+    state, frozen = create_state(trainable, tx, 0), jax.device_put(frozen)
+    images = rng.integers(0, 256, (batch, 224, 224, 3), dtype=np.uint8)
+    x = jax.device_put({"inputs": images, "label": np.zeros(batch, np.int32), "mask": np.ones(batch, bool)})
     t = time.perf_counter()
-    forward(params, x).block_until_ready()
+    state, m = step(state, frozen, x)
+    jax.block_until_ready(m)
     first = time.perf_counter() - t
     times = []
     for _ in range(iters):
         t = time.perf_counter()
-        forward(params, x).block_until_ready()
+        state, m = step(state, frozen, x)
+        jax.block_until_ready(m)
         times.append(time.perf_counter() - t)
     return {
         "what": "step",
-        "stand_in": "jitted VGG16 conv-backbone forward (frozen-head step ~ one forward)",
+        "step": "vgg_jax.step.train_step, VGG16 frozen through fc2 (the recipe), Adam, float32",
         "batch": batch,
         "img_per_s": round(batch / float(np.median(times)), 2),
         "s_per_step": round(float(np.median(times)), 3),

@@ -8,12 +8,20 @@ import sys
 
 
 def test_demo_offline_whole_recipe(tmp_path):
-    env = {**os.environ, "VGG_JAX_CACHE": str(tmp_path / "cache"), "HOME": str(tmp_path), "KERAS_HOME": str(tmp_path / "k")}
+    env = {
+        **os.environ,
+        "VGG_JAX_CACHE": str(tmp_path / "cache"),
+        "HOME": str(tmp_path),
+        "KERAS_HOME": str(tmp_path / "k"),
+    }
     env.pop("VGG_JAX_WEIGHTS", None)
     out_dir = tmp_path / "demo"
     result = subprocess.run(
         [sys.executable, "-m", "vgg_jax", "demo", "--offline", "--out", str(out_dir)],
-        capture_output=True, text=True, timeout=600, env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     out = result.stdout

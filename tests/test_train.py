@@ -189,3 +189,24 @@ def test_cli_errors_are_one_line(folder, tmp_path):
     assert result.returncode == 2 and result.stderr.strip().count("\n") == 0 and "missing" in result.stderr, (
         result.stderr
     )
+
+
+def test_cli_flags_reach_the_config(tmp_path):
+    """Every train flag lands in TrainConfig (a flag parsed but dropped is a silent bug)."""
+    import dataclasses
+
+    from vgg_jax.cli import _train_config, build_parser
+
+    args = build_parser().parse_args(
+        ["train", "--data", "d", "--out", "o", "--weights", "random", "--shard-fc", "--dtype", "bfloat16", "--tfds-manual-dir", "m",
+         "--lr-mult", "conv=0.1", "--clip-norm", "1", "--schedule", "cosine", "--warmup-steps", "3", "--augment",
+         "--checkpoint-every", "5", "--no-cache-features", "--widths", "8,8,16,16,16", "--fc-units", "32"]
+    )  # fmt: skip
+    cfg = _train_config(args)
+    assert (cfg.shard_fc, cfg.dtype, cfg.tfds_manual_dir, cfg.lr_mult, cfg.clip_norm) == (True, "bfloat16", "m", "conv=0.1", 1.0)
+    assert (cfg.schedule, cfg.warmup_steps, cfg.augment, cfg.checkpoint_every, cfg.cache_features) == ("cosine", 3, True, 5, False)
+    assert cfg.widths == (8, 8, 16, 16, 16) and cfg.fc_units == 32
+    config_fields = {f.name for f in dataclasses.fields(cfg)}
+    dests = {a.dest for a in build_parser()._subparsers._group_actions[0].choices["train"]._actions}
+    unmapped = {"help", "resume", "overwrite", "distributed", "coordinator", "num_processes", "process_id"}
+    assert dests - unmapped <= config_fields, f"flags with no config field: {dests - unmapped - config_fields}"

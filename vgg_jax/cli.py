@@ -85,10 +85,16 @@ def _train_config(args: argparse.Namespace):
         keep_checkpoints=args.keep_checkpoints,
         dtype=args.dtype,
         log_every=args.log_every,
+        shard_fc=args.shard_fc,
+        tfds_manual_dir=args.tfds_manual_dir,
     )
 
 
 def _train(args: argparse.Namespace) -> int:
+    if args.distributed:
+        from vgg_jax.parallel import init_distributed
+
+        init_distributed(args.coordinator, args.num_processes, args.process_id)
     from vgg_jax.train import train
 
     train(_train_config(args), resume=args.resume, overwrite=args.overwrite)
@@ -208,6 +214,7 @@ def _train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--augment", action="store_true", help="random crop + horizontal flip (off in the recipe)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--valid-fraction", type=float, help="hold out this share of train when there is no valid split")
+    p.add_argument("--tfds-manual-dir", help="where tensorflow-datasets looks for manually downloaded archives")
     cache = p.add_mutually_exclusive_group()
     cache.add_argument(
         "--cache-features",
@@ -223,7 +230,23 @@ def _train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--keep-checkpoints", type=int, default=3)
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     p.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
-    p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
+    p.add_argument(
+        "--dtype",
+        choices=["float32", "bfloat16"],
+        default="float32",
+        help="compute dtype (params, loss and optimizer stay float32); bfloat16 recommended on GPU/TPU",
+    )
+    p.add_argument(
+        "--shard-fc", action="store_true", help="split fc1/fc2 weights and their optimizer state across devices"
+    )
+    p.add_argument(
+        "--distributed",
+        action="store_true",
+        help="multi-host: call jax.distributed.initialize() (auto-detects SLURM/TPU, or use the next three)",
+    )
+    p.add_argument("--coordinator", help="host:port of process 0, e.g. 127.0.0.1:1234")
+    p.add_argument("--num-processes", type=int)
+    p.add_argument("--process-id", type=int)
     p.add_argument("--image-size", type=int, default=224)
     p.add_argument("--resize", choices=["squash", "center-crop", "pad"], default="squash")
     p.add_argument(

@@ -19,7 +19,7 @@ class TrainConfig:
     image_size: int = 224
     resize: str = "squash"
     epochs: int = 1
-    batch_size: int = 32
+    batch_size: int = 32  # global: split over every device of every process
     eval_batch_size: int | None = None  # None = batch_size
     optimizer: str = "adam"
     lr: float = 1e-3
@@ -33,10 +33,12 @@ class TrainConfig:
     augment: bool = False
     seed: int = 0
     valid_fraction: float | None = None
+    tfds_manual_dir: str | None = None  # where tfds finds manually downloaded archives
     cache_features: bool | None = None  # None = on when only the head trains and augment is off
     checkpoint_every: int = 0  # steps between mid-epoch checkpoints; 0 = epoch ends only
     keep_checkpoints: int = 3
     dtype: str = "float32"  # or "bfloat16" (params stay float32)
+    shard_fc: bool = False  # split fc1/fc2 kernels (and their Adam moments) across devices
     log_every: int = 10
 
     def to_json(self) -> dict:

@@ -40,7 +40,9 @@ def resolve_weights(weights: str | None, out: Path, offline: bool) -> tuple[Path
     return path, "RANDOM weights (Keras 0.x Theano layout)"
 
 
-def run(weights: str | None = None, out: str | os.PathLike = "runs/demo", offline: bool = False, images: int = 2) -> int:
+def run(
+    weights: str | None = None, out: str | os.PathLike = "runs/demo", offline: bool = False, images: int = 2
+) -> int:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     print(f"{RULE}\nvgg-jax demo: the 2017 VGG16 transfer-learning recipe, offline\n{RULE}")
@@ -93,7 +95,9 @@ def recipe(params_path: Path, out: Path, random: bool) -> None:
     csv = predict(run_dir, str(data / "test1"), str(run_dir / "submission.csv"), clip=0.05)
     print(f"\n{RULE}")
     if random:
-        print("NOTE: the backbone had RANDOM weights (no weights file, no network); accuracy here says nothing about ImageNet.")
+        print(
+            "NOTE: the backbone had RANDOM weights (no weights file, no network); accuracy here says nothing about ImageNet."
+        )
     print(f"done. params: {params_path}")
     print(f"      run:    {run_dir} (run.json, metrics.jsonl, curves.png, checkpoints/)")
     print(f"      kaggle: {csv}")

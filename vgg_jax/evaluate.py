@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import csv
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
+from typing import Any
 
-import jax
 import numpy as np
 
-from vgg_jax import rundir
+from vgg_jax import parallel, rundir
 from vgg_jax.checkpoint import Checkpoints
 from vgg_jax.classifier import image_apply_fn
 from vgg_jax.config import TrainConfig
@@ -50,10 +51,24 @@ def load_run(run_dir: str | Path, weights: str | None = None, which: str | int =
     step = {"best": checkpoints.best_step, "latest": checkpoints.latest_step}.get(which, lambda: which)()
     if step is None:
         raise UserError(f"{run_dir}: no checkpoint yet; train first")
-    state, _ = checkpoints.restore(step, create_state(trainable, tx, cfg.seed))
+    mesh = parallel.make_mesh()
+    state = create_state(trainable, tx, cfg.seed)
+    state_sh = parallel.shardings_for(state, mesh, cfg.shard_fc)
+    state, _ = checkpoints.restore(step, parallel.put(state, state_sh))
     checkpoints.close()
+    frozen_sh = parallel.shardings_for(frozen, mesh, cfg.shard_fc)
+    frozen = parallel.put(frozen, frozen_sh)
     say(f"{run_dir}: checkpoint step {step}")
-    return cfg, classes, jax.jit(partial(eval_step, apply_fn=image_apply_fn(model))), state.params, frozen
+    eval_fn = parallel.jit_eval(partial(eval_step, apply_fn=image_apply_fn(model)), state_sh.params, frozen_sh, mesh)
+    return cfg, classes, RunModel(eval_fn, mesh), state.params, frozen
+
+
+@dataclass(frozen=True)
+class RunModel:
+    """A restored run's jitted eval function and the mesh its arrays live on."""
+
+    eval_fn: Any
+    mesh: Any
 
 
 def evaluate(
@@ -62,13 +77,14 @@ def evaluate(
     """Accuracy, log loss and confusion matrix on a labelled split; prints them and returns them."""
     from vgg_jax import data
 
-    cfg, classes, eval_fn, trainable, frozen = load_run(run_dir)
+    cfg, classes, run_model, trainable, frozen = load_run(run_dir)
     source = data.open_source(data_spec or cfg.data, split_name, valid_fraction=cfg.valid_fraction, seed=cfg.seed)
     if source.class_names != classes:
         raise UserError(f"{data_spec or cfg.data}: classes {source.class_names} differ from the run's {classes}")
     say(f"{split_name}: {source.describe()}")
     bs = batch_size or cfg.eval_batch_size or cfg.batch_size
-    result = evaluate_batches(eval_fn, trainable, frozen, _batches(data, source, cfg, bs))
+    parallel.check_batch_size(bs, run_model.mesh)
+    result = evaluate_batches(run_model.eval_fn, trainable, frozen, _batches(data, source, cfg, bs), run_model.mesh)
     labels = result["labels"].astype(np.int64)
     predicted = result["probs"].argmax(-1)
     confusion = np.zeros((len(classes), len(classes)), np.int64)
@@ -93,13 +109,16 @@ def predict(
     """Writes id,label (Kaggle Dogs vs Cats: label = P(class 1)) for every image in `target`, in id order."""
     from vgg_jax import data
 
-    cfg, classes, eval_fn, trainable, frozen = load_run(run_dir)
+    cfg, classes, run_model, trainable, frozen = load_run(run_dir)
     source = data.open_source(target, "test")
     say(f"predict: {source.describe()}")
     if clip is not None and not 0 <= clip < 0.5:
         raise UserError(f"--clip must be in [0, 0.5). Received: {clip}")
     bs = batch_size or cfg.eval_batch_size or cfg.batch_size
-    result = evaluate_batches(eval_fn, trainable, frozen, _batches(data, source, cfg, bs, labelled=False))
+    parallel.check_batch_size(bs, run_model.mesh)
+    result = evaluate_batches(
+        run_model.eval_fn, trainable, frozen, _batches(data, source, cfg, bs, labelled=False), run_model.mesh
+    )
     probs, ids = result["probs"], result["ids"]
     # Files that could not be decoded still get a row (a Kaggle submission needs every id): the uninformative prior.
     unreadable = [Path(p).stem for p, _ in source.skipped + source.failed]
@@ -139,7 +158,7 @@ def export(run_dir: str | Path, out: str | Path, which: str = "best") -> Path:
     from vgg_jax.freeze import merge
 
     cfg, classes, _, trainable, frozen = load_run(run_dir, which=which)
-    params = jax.tree.map(np.asarray, merge(trainable, frozen))
+    params = parallel.to_host(merge(trainable, frozen))
     params_io.save(
         out, params, {"architecture": cfg.arch, "classes": classes, "exported_from": str(run_dir), "top": cfg.top}
     )

@@ -101,5 +101,9 @@ class Metrics:
         plt.close(fig)
 
 
+LEAD = True  # False on every process but the first of a multi-host job: only the first one talks
+
+
 def say(message: str) -> None:
-    print(message, flush=True, file=sys.stdout)
+    if LEAD:
+        print(message, flush=True, file=sys.stdout)

@@ -1,17 +1,24 @@
-"""`vgg-jax train`: the one module that wires data, network, step, checkpoints and metrics together."""
+"""`vgg-jax train`: the one module that wires data, network, step, sharding, checkpoints and metrics.
+
+Every run is data parallel on a mesh over all devices of all processes (one device is a mesh of
+one); each process feeds its own shard of the data, and only the first process writes files.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import platform
 import time
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import jax
 import numpy as np
 
 from vgg_jax import features as feature_cache
-from vgg_jax import rundir
+from vgg_jax import parallel, rundir
 from vgg_jax.checkpoint import Checkpoints, Position
 from vgg_jax.classifier import Classifier, feature_apply_fn, image_apply_fn
 from vgg_jax.config import TrainConfig
@@ -27,11 +34,33 @@ class Diverged(UserError):
     """The loss became NaN or inf; the run stopped and its last good checkpoint stays."""
 
 
+@dataclass(frozen=True)
+class Topology:
+    """Devices and processes the run spans, and this process's share of every global batch."""
+
+    mesh: Any
+    process_index: int
+    process_count: int
+
+    @classmethod
+    def current(cls) -> "Topology":
+        return cls(parallel.make_mesh(), jax.process_index(), jax.process_count())
+
+    @property
+    def lead(self) -> bool:
+        return self.process_index == 0
+
+    def local(self, global_batch: int, what: str) -> int:
+        parallel.check_batch_size(global_batch, self.mesh, what)
+        return global_batch // self.process_count
+
+
 def open_sources(cfg: TrainConfig):
     from vgg_jax import data
 
-    train_src = data.open_source(cfg.data, "train", valid_fraction=cfg.valid_fraction, seed=cfg.seed)
-    valid_src = data.open_source(cfg.data, "valid", valid_fraction=cfg.valid_fraction, seed=cfg.seed)
+    options = {"valid_fraction": cfg.valid_fraction, "seed": cfg.seed, "manual_dir": cfg.tfds_manual_dir}
+    train_src = data.open_source(cfg.data, "train", **options)
+    valid_src = data.open_source(cfg.data, "valid", **options)
     if train_src.class_names != valid_src.class_names:
         raise UserError(
             f"{cfg.data}: train classes {train_src.class_names} differ from valid classes {valid_src.class_names}"
@@ -39,48 +68,54 @@ def open_sources(cfg: TrainConfig):
     return train_src, valid_src
 
 
-def use_feature_cache(cfg: TrainConfig) -> bool:
+def use_feature_cache(cfg: TrainConfig, topo: Topology) -> bool:
     possible = cfg.freeze_through == "fc2" and not cfg.augment
     if cfg.cache_features and not possible:
         raise UserError(
             "--cache-features needs everything below the head frozen (--freeze-through fc2) and no --augment"
         )
-    return possible if cfg.cache_features is None else cfg.cache_features
+    if cfg.cache_features and topo.process_count > 1:
+        raise UserError("--cache-features works in single-process runs only; drop it for multi-host training")
+    return possible and topo.process_count == 1 if cfg.cache_features is None else cfg.cache_features
 
 
 def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -> dict:
     """Trains per `cfg` into the run folder `cfg.out`; returns the final validation metrics."""
     from vgg_jax import data
 
-    run_dir = rundir.prepare(cfg, resume, overwrite)
+    topo = Topology.current()
+    rundir.LEAD = topo.lead
+    local_bs = topo.local(cfg.batch_size, "--batch-size")
+    eval_bs = cfg.eval_batch_size or cfg.batch_size
+    local_eval_bs = topo.local(eval_bs, "--eval-batch-size")
+    run_dir = rundir.prepare(cfg, resume, overwrite) if topo.lead else Path(cfg.out)
+    _sync("run folder ready", topo)
+
     train_src, valid_src = open_sources(cfg)
     say(f"train: {train_src.describe()}")
     say(f"valid: {valid_src.describe()}")
     weights = resolve_weights(cfg.weights)
     say(f"weights: {weights.label}")
+    devices = f"{topo.mesh.size} {jax.devices()[0].platform.upper()} device(s)"
+    say(f"mesh: {devices} in {topo.process_count} process(es); global batch {cfg.batch_size}, {local_bs} per process")
 
     probe = build_model(cfg, len(train_src.class_names))
     params = init_params(probe, cfg, weights)
     trainable, frozen = split(params, cfg.freeze_through)
     del params
     model = probe.clone(dropout_on=tuple(k for k in ("fc1", "fc2") if k in trainable))
-    steps_per_epoch = data.steps_per_epoch(train_src, cfg.batch_size)
+    steps_per_epoch = data.steps_per_epoch(train_src, local_bs, topo.process_count)
     if steps_per_epoch == 0:
         raise UserError(
             f"{cfg.data}: {train_src.num_examples} training images, fewer than one batch of {cfg.batch_size}"
         )
     tx = make_optimizer(
-        trainable,
-        name=cfg.optimizer,
-        lr=cfg.lr,
-        total_steps=cfg.epochs * steps_per_epoch,
-        warmup_steps=cfg.warmup_steps,
-        cosine=cfg.schedule == "cosine",
-        momentum=cfg.momentum,
-        clip_norm=cfg.clip_norm,
-        lr_mults=parse_lr_mults(cfg.lr_mult),
-    )
+        trainable, name=cfg.optimizer, lr=cfg.lr, total_steps=cfg.epochs * steps_per_epoch, warmup_steps=cfg.warmup_steps,
+        cosine=cfg.schedule == "cosine", momentum=cfg.momentum, clip_norm=cfg.clip_norm, lr_mults=parse_lr_mults(cfg.lr_mult),
+    )  # fmt: skip
     state = create_state(trainable, tx, cfg.seed)
+    state_sh = parallel.shardings_for(state, topo.mesh, cfg.shard_fc)
+    state = parallel.put(state, state_sh)
     checkpoints = Checkpoints(run_dir / "checkpoints", cfg.keep_checkpoints)
     position = Position(0, 0)
     if resume and (latest := checkpoints.latest_step()) is not None:
@@ -88,97 +123,77 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -> di
         state, meta = checkpoints.restore(latest, state)
         position = Position(meta["epoch"], meta["batch"])
         say(f"resuming from step {latest} (epoch {position.epoch + 1}, batch {position.batch})")
-    rundir.write_run(
-        run_dir,
-        {
-            "config": cfg.to_json(),
-            "classes": train_src.class_names,
-            "data": {
-                "train": train_src.fingerprint,
-                "valid": valid_src.fingerprint,
-                "train_examples": train_src.num_examples,
-                "valid_examples": valid_src.num_examples,
-                "skipped": len(train_src.skipped) + len(valid_src.skipped),
-            },
-            "weights": {"path": weights.path, "sha256": weights.sha256},
-            "params": {
-                "trainable": param_bytes(state.params) // 4,
-                "frozen": param_bytes(frozen) // 4,
-                "optimizer_state_bytes": param_bytes(state.opt_state),
-            },
-            "versions": {"jax": jax.__version__, "python": platform.python_version(), "devices": str(jax.devices())},
-        },
-    )
+    if topo.lead:
+        rundir.write_run(run_dir, _run_info(cfg, train_src, valid_src, weights, state, frozen, topo))
     say(
-        f"trainable: {', '.join(sorted(state.params))} ({param_bytes(state.params) // 4:,} params); frozen: {param_bytes(frozen) // 4:,} params"
+        f"trainable: {', '.join(sorted(trainable))} ({param_bytes(trainable) // 4:,} params); frozen: {param_bytes(frozen) // 4:,} params"
     )
-    metrics = rundir.Metrics(run_dir, resume_step=int(state.step) if resume else None)
+    metrics = rundir.Metrics(run_dir, resume_step=int(state.step) if resume else None) if topo.lead else None
 
-    eval_bs = cfg.eval_batch_size or cfg.batch_size
-    if use_feature_cache(cfg):
-        inputs = _cached_features(cfg, model, frozen, weights, train_src, valid_src, eval_bs)
+    frozen = parallel.put(frozen, parallel.shardings_for(frozen, topo.mesh, cfg.shard_fc))
+    if use_feature_cache(cfg, topo):
+        inputs = _cached_features(cfg, model, frozen, weights, train_src, valid_src, local_eval_bs)
         apply_fn = feature_apply_fn(model)
         epoch_batches = partial(_feature_batches, inputs["train"], train_src, cfg)
-        valid_batches = partial(_feature_eval_batches, inputs["valid"], valid_src, eval_bs)
-        step_frozen = {}
+        valid_batches = partial(_feature_eval_batches, inputs["valid"], local_eval_bs)
+        frozen = {}  # the step only runs the head
     else:
         apply_fn = image_apply_fn(model)
-        epoch_batches = partial(_image_batches, train_src, cfg)
-        valid_batches = partial(_image_eval_batches, valid_src, cfg, eval_bs)
-        step_frozen = frozen
-    step_fn = jax.jit(partial(train_step, apply_fn=apply_fn, tx=tx), donate_argnums=0)
-    eval_fn = jax.jit(partial(eval_step, apply_fn=apply_fn))
+        epoch_batches = partial(_image_batches, train_src, cfg, local_bs, topo)
+        valid_batches = partial(_image_eval_batches, valid_src, cfg, local_eval_bs, topo)
+    frozen_sh = parallel.shardings_for(frozen, topo.mesh, cfg.shard_fc)
+    step_fn = parallel.jit_step(partial(train_step, apply_fn=apply_fn, tx=tx), state_sh, frozen_sh, topo.mesh)
+    eval_fn = parallel.jit_eval(partial(eval_step, apply_fn=apply_fn), state_sh.params, frozen_sh, topo.mesh)
 
     result = {}
     try:
         for epoch in range(position.epoch, cfg.epochs):
             start = position.batch if epoch == position.epoch else 0
+            batches = parallel.prefetch(epoch_batches(epoch, start), topo.mesh)
             state = _run_epoch(
-                cfg,
-                state,
-                step_fn,
-                step_frozen,
-                epoch_batches(epoch, start),
-                epoch,
-                start,
-                steps_per_epoch,
-                checkpoints,
-                metrics,
+                cfg, topo, state, step_fn, frozen, batches, epoch, start, steps_per_epoch, checkpoints, metrics
             )
-            result = evaluate_batches(eval_fn, state.params, step_frozen, valid_batches())
-            metrics.log(
-                kind="valid", step=int(state.step), epoch=epoch + 1, loss=result["loss"], accuracy=result["accuracy"]
-            )
+            result = evaluate_batches(eval_fn, state.params, frozen, valid_batches(), topo.mesh, keep_probs=False)
             say(
                 f"epoch {epoch + 1}/{cfg.epochs}: valid loss {result['loss']:.4f}, accuracy {result['accuracy']:.2%} ({result['count']} images)"
             )
             checkpoints.save(int(state.step), state, Position(epoch + 1, 0), val_loss=result["loss"])
-            metrics.plot(run_dir / "curves.png")
+            if metrics is not None:
+                metrics.log(
+                    kind="valid",
+                    step=int(state.step),
+                    epoch=epoch + 1,
+                    loss=result["loss"],
+                    accuracy=result["accuracy"],
+                )
+                metrics.plot(run_dir / "curves.png")
     finally:
         checkpoints.wait()
         checkpoints.close()
+    if topo.process_count > 1:
+        digest = hashlib.sha256(
+            b"".join(np.ascontiguousarray(x).tobytes() for x in jax.tree.leaves(parallel.to_host(state.params)))
+        )
+        print(
+            f"process {topo.process_index}/{topo.process_count}: final trainable params sha256 {digest.hexdigest()}",
+            flush=True,
+        )
     say(f"run folder: {run_dir} (run.json, metrics.jsonl, curves.png, checkpoints/)")
     return result
 
 
-def _run_epoch(cfg, state, step_fn, frozen, batches, epoch, start, steps_per_epoch, checkpoints, metrics):
+def _run_epoch(cfg, topo, state, step_fn, frozen, batches, epoch, start, steps_per_epoch, checkpoints, metrics):
     from tqdm import tqdm
 
-    bar = tqdm(
-        total=steps_per_epoch,
-        initial=start,
-        desc=f"epoch {epoch + 1}/{cfg.epochs}",
-        unit="step",
-        dynamic_ncols=True,
-        mininterval=1.0,
-    )
+    bar = tqdm(total=steps_per_epoch, initial=start, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="step",
+               dynamic_ncols=True, mininterval=1.0, disable=not topo.lead)  # fmt: skip
     window_start, window_images, window = time.perf_counter(), 0, []
     step = int(state.step)  # counted on the host: reading state.step would wait for every step
     for index, batch in enumerate(batches, start):
         state, m = step_fn(state, frozen, batch)
         step += 1
         window.append(m)
-        window_images += int(np.sum(batch["mask"]))
+        window_images += cfg.batch_size
         bar.update(1)
         # The epoch's last step is checkpointed after validation, with its val loss.
         at_checkpoint = cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and index + 1 < steps_per_epoch
@@ -194,7 +209,8 @@ def _run_epoch(cfg, state, step_fn, frozen, batches, epoch, start, steps_per_epo
             rate = window_images / max(time.perf_counter() - window_start, 1e-9)
             loss, accuracy = float(np.mean([s["loss"] for s in stats])), float(np.mean([s["accuracy"] for s in stats]))
             bar.set_postfix(loss=f"{loss:.4f}", img_s=f"{rate:.1f}")
-            metrics.log(kind="train", step=step, epoch=epoch + 1, loss=loss, accuracy=accuracy, images_per_s=rate)
+            if metrics is not None:
+                metrics.log(kind="train", step=step, epoch=epoch + 1, loss=loss, accuracy=accuracy, images_per_s=rate)
             window_start, window_images, window = time.perf_counter(), 0, []
         if at_checkpoint:
             checkpoints.save(step, state, Position(epoch, index + 1))
@@ -202,54 +218,62 @@ def _run_epoch(cfg, state, step_fn, frozen, batches, epoch, start, steps_per_epo
     return state
 
 
-def evaluate_batches(eval_fn, trainable, frozen, batches) -> dict:
-    """Accuracy, log loss, and per-example probabilities/labels/ids over every real (unmasked) example once."""
+def evaluate_batches(eval_fn, trainable, frozen, batches, mesh, keep_probs: bool = True) -> dict:
+    """Accuracy and log loss over every real (unmasked) example exactly once, plus, with keep_probs,
+    this process's per-example probabilities, labels and ids."""
     loss_sum = correct = count = 0.0
     probs, labels, ids = [], [], []
-    for batch in batches:
-        arrays = {k: v for k, v in batch.items() if k != "id"}  # ids are strings: host-side only
-        out = jax.device_get(eval_fn(trainable, frozen, arrays))
+    for batch in parallel.prefetch(batches, mesh):
+        host_ids = batch.pop("id", None)  # strings stay on the host
+        out = eval_fn(trainable, frozen, batch)
+        sums = jax.device_get({k: out[k] for k in ("loss_sum", "correct", "count")})
         loss_sum, correct, count = (
-            loss_sum + float(out["loss_sum"]),
-            correct + float(out["correct"]),
-            count + float(out["count"]),
+            loss_sum + float(sums["loss_sum"]),
+            correct + float(sums["correct"]),
+            count + float(sums["count"]),
         )
-        real = np.asarray(batch["mask"], bool)
-        probs.append(np.asarray(out["probs"])[real])
-        labels.append(np.asarray(batch["label"])[real])
-        if "id" in batch:
-            ids.extend(np.asarray(batch["id"])[real].tolist())
+        if keep_probs:
+            real = parallel.local_rows(batch["mask"]).astype(bool)
+            probs.append(parallel.local_rows(out["probs"])[real])
+            labels.append(parallel.local_rows(batch["label"])[real])
+            if host_ids is not None:
+                ids.extend(np.asarray(host_ids)[real].tolist())
     n = max(count, 1.0)
     return {
-        "loss": loss_sum / n,
-        "accuracy": correct / n,
-        "count": int(count),
+        "loss": loss_sum / n, "accuracy": correct / n, "count": int(count),
         "probs": np.concatenate(probs) if probs else np.zeros((0, 2)),
-        "labels": np.concatenate(labels) if labels else np.zeros(0, np.int32),
-        "ids": ids,
-    }
+        "labels": np.concatenate(labels) if labels else np.zeros(0, np.int32), "ids": ids,
+    }  # fmt: skip
 
 
-def _image_batches(source, cfg: TrainConfig, epoch: int, start: int):
+def _run_info(cfg, train_src, valid_src, weights, state, frozen, topo) -> dict:
+    return {
+        "config": cfg.to_json(),
+        "classes": train_src.class_names,
+        "data": {"train": train_src.fingerprint, "valid": valid_src.fingerprint, "train_examples": train_src.num_examples,
+                 "valid_examples": valid_src.num_examples, "skipped": len(train_src.skipped) + len(valid_src.skipped)},
+        "weights": {"path": weights.path, "sha256": weights.sha256},
+        "params": {"trainable": param_bytes(state.params) // 4, "frozen": param_bytes(frozen) // 4,
+                   "optimizer_state_bytes": param_bytes(state.opt_state)},
+        "topology": {"devices": topo.mesh.size, "processes": topo.process_count, "platform": jax.devices()[0].platform},
+        "versions": {"jax": jax.__version__, "python": platform.python_version()},
+    }  # fmt: skip
+
+
+def _image_batches(source, cfg: TrainConfig, local_bs: int, topo: Topology, epoch: int, start: int):
     from vgg_jax import data
 
-    for b in data.train_batches(
-        source,
-        cfg.batch_size,
-        image_size=cfg.image_size,
-        resize=cfg.resize,
-        seed=cfg.seed,
-        epoch=epoch,
-        augment=cfg.augment,
-        start_batch=start,
-    ):
+    for b in data.train_batches(source, local_bs, image_size=cfg.image_size, resize=cfg.resize, seed=cfg.seed, epoch=epoch,
+                                augment=cfg.augment, process_index=topo.process_index, process_count=topo.process_count,
+                                start_batch=start):  # fmt: skip
         yield {"inputs": b["image"], "label": b["label"], "mask": b["mask"]}
 
 
-def _image_eval_batches(source, cfg: TrainConfig, batch_size: int):
+def _image_eval_batches(source, cfg: TrainConfig, local_bs: int, topo: Topology):
     from vgg_jax import data
 
-    for b in data.eval_batches(source, batch_size, image_size=cfg.image_size, resize=cfg.resize):
+    for b in data.eval_batches(source, local_bs, image_size=cfg.image_size, resize=cfg.resize,
+                               process_index=topo.process_index, process_count=topo.process_count):  # fmt: skip
         yield {"inputs": b["image"], "label": b["label"], "mask": b["mask"], "id": b["id"]}
 
 
@@ -265,7 +289,7 @@ def _feature_batches(cached: feature_cache.Features, source, cfg: TrainConfig, e
         yield {"inputs": features[idx], "label": labels[idx], "mask": ok[idx]}
 
 
-def _feature_eval_batches(cached: feature_cache.Features, source, batch_size: int):
+def _feature_eval_batches(cached: feature_cache.Features, batch_size: int):
     features, ok, labels = cached
     for i in range(0, len(features), batch_size):
         n = min(batch_size, len(features) - i)
@@ -279,32 +303,29 @@ def _feature_eval_batches(cached: feature_cache.Features, source, batch_size: in
 
 def _cached_features(cfg, model: Classifier, frozen, weights, train_src, valid_src, batch_size: int) -> dict:
     """Backbone features for train and valid, from the cache when its key matches, else computed once and stored."""
+    from vgg_jax import data
+    from vgg_jax.preprocess import preprocess_input
+
     if weights.path is None:
         say("feature cache: off for a random backbone (nothing to reuse); computing features in memory")
-    backbone = jax.jit(lambda p, x: model.apply({"params": p}, _preprocess(x, model), method=Classifier.backbone))
+    backbone = jax.jit(
+        lambda p, x: model.apply({"params": p}, preprocess_input(x, model.dtype), method=Classifier.backbone)
+    )
     out = {}
     for split_name, source in (("train", train_src), ("valid", valid_src)):
         fields = {
-            "weights_sha256": weights.sha256,
-            "data": source.fingerprint,
-            "image_size": cfg.image_size,
-            "resize": cfg.resize,
-            "preprocessing": feature_cache.PREPROCESSING,
-            "arch": cfg.arch,
-            "widths": cfg.widths,
-            "fc_units": cfg.fc_units,
-            "top": cfg.top,
-            "dtype": cfg.dtype,
-        }
+            "weights_sha256": weights.sha256, "data": source.fingerprint, "image_size": cfg.image_size, "resize": cfg.resize,
+            "preprocessing": feature_cache.PREPROCESSING, "arch": cfg.arch, "widths": cfg.widths, "fc_units": cfg.fc_units,
+            "top": cfg.top, "dtype": cfg.dtype,
+        }  # fmt: skip
         cached = feature_cache.load(fields, split_name, source.num_examples) if weights.path else None
         if cached is not None:
             say(f"feature cache: {split_name} features from {feature_cache.features_dir(fields)}")
             out[split_name] = cached
             continue
         t0 = time.perf_counter()
-        computed = feature_cache.compute(
-            _image_eval_batches_raw(source, cfg, batch_size), lambda x: backbone(frozen, x), source.num_examples
-        )
+        batches = data.eval_batches(source, batch_size, image_size=cfg.image_size, resize=cfg.resize)
+        computed = feature_cache.compute(batches, lambda x: backbone(frozen, x), source.num_examples)
         say(
             f"feature cache: {split_name} backbone pass over {source.num_examples} images in {time.perf_counter() - t0:.1f} s"
         )
@@ -314,21 +335,16 @@ def _cached_features(cfg, model: Classifier, frozen, weights, train_src, valid_s
     return out
 
 
-def _image_eval_batches_raw(source, cfg: TrainConfig, batch_size: int):
-    from vgg_jax import data
-
-    return data.eval_batches(source, batch_size, image_size=cfg.image_size, resize=cfg.resize)
-
-
-def _preprocess(images, model: Classifier):
-    from vgg_jax.preprocess import preprocess_input
-
-    return preprocess_input(images, model.dtype)
-
-
 def _check_same_inputs(run_dir: Path, train_src, weights) -> None:
     info = rundir.read_run(run_dir)
     if info["data"]["train"] != train_src.fingerprint:
         raise UserError(f"{run_dir}: --resume with different training data than the run started with")
     if info["weights"]["sha256"] != weights.sha256:
         raise UserError(f"{run_dir}: --resume with a different weights file than the run started with (sha256 differs)")
+
+
+def _sync(name: str, topo: Topology) -> None:
+    if topo.process_count > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(name)
