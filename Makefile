@@ -1,4 +1,4 @@
-# Two entry points, each creating .venv on first use (needs only Python 3.10+ with pip).
+# Two entry points, each creating .venv on first use (needs only Python 3.11+ with pip).
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin

@@ -6,7 +6,6 @@ safetensors atomically and returns a report. numpy + h5py + safetensors only.
 
 from __future__ import annotations
 
-import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +14,7 @@ from convert import mapping
 from convert.source import open_source
 from vgg_jax import arch, params_io
 from vgg_jax.errors import UserError
+from vgg_jax.paths import file_digest
 
 __all__ = ["Report", "convert_file", "load_keras", "sha256"]
 
@@ -79,12 +79,8 @@ class Report:
         return "\n".join(lines)
 
 
-def sha256(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
+def sha256(path: str | os.PathLike) -> str:
+    return file_digest(path, "sha256")
 
 
 def load_keras(

@@ -25,6 +25,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         choices=["theano", "tf"],
         help="override the detected kernel convention (theano = stored flipped, for true convolution)",
     )
+    p.add_argument(
+        "--check",
+        action="store_true",
+        help="parity self-check: our Flax model vs a float64 numpy forward over the source as stored (needs jax)",
+    )
     top = p.add_mutually_exclusive_group()
     top.add_argument(
         "--include-top",
@@ -50,6 +55,17 @@ def run(args: argparse.Namespace) -> int:
         output = Path(args.output) if args.output else source.with_name(source.name.split(".")[0] + ".safetensors")
     report = convert_file(source, output, args.arch, args.include_top, args.kernels)
     print(report)
+    if args.check:
+        import numpy as np
+
+        from convert import parity
+        from vgg_jax import params_io
+
+        images = np.random.default_rng(0).integers(0, 256, (2, 224, 224, 3), dtype=np.uint8)
+        rows = parity.check(source, params_io.load(output), images, kernels=args.kernels)
+        print("parity on 2 random images (Flax float32 vs float64 numpy over the source as stored):")
+        print(parity.format_rows(rows))
+        return 0 if all(r.ok for r in rows) else 1
     return 0
 
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from vgg_jax.errors import UserError
-from vgg_jax.paths import cache_dir
+from vgg_jax.paths import cache_dir, file_digest
 
 BASE_URL = "https://storage.googleapis.com/tensorflow/keras-applications/"
 
@@ -42,12 +42,8 @@ OFFICIAL = {
 }
 
 
-def md5(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
-    digest = hashlib.md5()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
+def md5(path: str | os.PathLike) -> str:
+    return file_digest(path, "md5")
 
 
 def cached(name: str, release: Release | None = None) -> Path | None:

@@ -120,3 +120,16 @@ def test_float64_reference_in_both_conventions(vgg16, tmp_path):
     tf = reference.forward(tf_layers[:13], tf_layers[13:], arch.DEPTHS["vgg16"], small)
     assert rel_error(th, tf) < 1e-10
     assert rel_error(tf, want) < 1e-4
+
+
+def test_convert_check_flag_runs_parity(tmp_path):
+    """`vgg-jax convert --check` on a Theano-layout VGG11 file: both outputs within tolerance, exit 0."""
+    import subprocess
+    import sys
+
+    src = tmp_path / "vgg11_th.h5"
+    legacy.write_keras1(src, legacy.random_params(depths=arch.DEPTHS["vgg11"], seed=2), "th")
+    cmd = [sys.executable, "-m", "vgg_jax", "convert", str(src), "-o", str(tmp_path / "o.safetensors"), "--check"]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.count("   ok") == 2 and "VGG11" in result.stdout

@@ -203,8 +203,20 @@ def test_cli_flags_reach_the_config(tmp_path):
          "--checkpoint-every", "5", "--no-cache-features", "--widths", "8,8,16,16,16", "--fc-units", "32"]
     )  # fmt: skip
     cfg = _train_config(args)
-    assert (cfg.shard_fc, cfg.dtype, cfg.tfds_manual_dir, cfg.lr_mult, cfg.clip_norm) == (True, "bfloat16", "m", "conv=0.1", 1.0)
-    assert (cfg.schedule, cfg.warmup_steps, cfg.augment, cfg.checkpoint_every, cfg.cache_features) == ("cosine", 3, True, 5, False)
+    assert (cfg.shard_fc, cfg.dtype, cfg.tfds_manual_dir, cfg.lr_mult, cfg.clip_norm) == (
+        True,
+        "bfloat16",
+        "m",
+        "conv=0.1",
+        1.0,
+    )
+    assert (cfg.schedule, cfg.warmup_steps, cfg.augment, cfg.checkpoint_every, cfg.cache_features) == (
+        "cosine",
+        3,
+        True,
+        5,
+        False,
+    )
     assert cfg.widths == (8, 8, 16, 16, 16) and cfg.fc_units == 32
     config_fields = {f.name for f in dataclasses.fields(cfg)}
     dests = {a.dest for a in build_parser()._subparsers._group_actions[0].choices["train"]._actions}

@@ -3,19 +3,17 @@ for the backbone, loaded without a random init, and a freshly initialised head."
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from vgg_jax import arch, params_io
 from vgg_jax.classifier import Classifier
 from vgg_jax.config import TrainConfig
 from vgg_jax.errors import UserError
-from vgg_jax.paths import imagenet_params_path
+from vgg_jax.paths import file_digest, imagenet_params_path
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
@@ -42,11 +40,7 @@ def resolve_weights(spec: str | None) -> Weights:
             else "convert Keras files with `vgg-jax convert`"
         )
         raise UserError(f"{path}: no such weights file; {hint}")
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 22):
-            digest.update(block)
-    return Weights(str(path), digest.hexdigest())
+    return Weights(str(path), file_digest(path))
 
 
 def build_model(cfg: TrainConfig, num_classes: int, dropout_on: tuple[str, ...] = ()) -> Classifier:
@@ -92,4 +86,4 @@ def init_params(model: Classifier, cfg: TrainConfig, weights: Weights) -> dict:
 
 
 def param_bytes(tree) -> int:
-    return int(sum(np.asarray(x).nbytes if not hasattr(x, "nbytes") else x.nbytes for x in jax.tree.leaves(tree)))
+    return int(sum(x.nbytes for x in jax.tree.leaves(tree)))

@@ -16,3 +16,11 @@ def cache_dir() -> Path:
 def imagenet_params_path(name: str) -> Path:
     """The params file `vgg-jax convert --download NAME` writes, e.g. vgg16-notop -> .../vgg16-notop.safetensors."""
     return cache_dir() / f"{name}.safetensors"
+
+
+def file_digest(path: str | os.PathLike, algorithm: str = "sha256") -> str:
+    """Hex digest of a file's bytes, read in chunks (weights files are hundreds of MB)."""
+    import hashlib
+
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, algorithm).hexdigest()
