@@ -70,8 +70,11 @@ def test_learns_from_random_init(scratch_run):
 
 
 def test_pretrained_backbone_beats_random_backbone(scratch_run, folder, tmp_path):
+    from vgg_jax.cli import main
+
     run, _ = scratch_run
-    weights = export(run, tmp_path / "pretrained.safetensors")
+    weights = tmp_path / "pretrained.safetensors"
+    assert main(["export", str(run), "-o", str(weights)]) == 0
     pretrained = train(cfg(folder, tmp_path / "pre", weights=str(weights), epochs=3))
     random = train(cfg(folder, tmp_path / "rnd", epochs=3))
     print(

@@ -115,6 +115,13 @@ def _predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def _export(args: argparse.Namespace) -> int:
+    from vgg_jax.evaluate import export
+
+    export(args.run, args.output, args.which)
+    return 0
+
+
 def _bench(args: argparse.Namespace) -> int:
     from vgg_jax.bench import run
 
@@ -165,6 +172,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--clip", type=float, help="clip probabilities to [c, 1-c] (log-loss insurance, e.g. 0.05)")
     p.add_argument("--batch-size", type=int)
     p.set_defaults(func=_predict)
+
+    p = sub.add_parser("export", help="write a run's whole trained network (backbone + head) as a params file")
+    p.add_argument("run", help="run folder written by `vgg-jax train`")
+    p.add_argument("-o", "--output", required=True, help="params file to write (.safetensors)")
+    p.add_argument("--which", choices=["best", "latest"], default="best", help="checkpoint to export")
+    p.set_defaults(func=_export)
 
     p = sub.add_parser("bench", help="images/s of our inference and train-step variants on this machine's devices")
     from vgg_jax.bench import add_arguments as bench_arguments
