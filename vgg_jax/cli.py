@@ -282,7 +282,7 @@ def enable_compilation_cache() -> None:
     from vgg_jax.paths import cache_dir
 
     jax.config.update("jax_compilation_cache_dir", str(cache_dir() / "jax"))
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.1)  # VGG16's CPU steps compile in 0.2-0.4 s
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 
 

@@ -8,6 +8,7 @@ device is just a mesh of one. Multi-host: each process passes its own rows to `s
 from __future__ import annotations
 
 import collections
+import functools
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
@@ -19,6 +20,27 @@ from jax.sharding import PartitionSpec as P
 from vgg_jax.errors import UserError
 
 AXIS = "data"
+
+# XLA:CPU (jaxlib 0.10) gives convolutions to YNNPACK and fuses chains of them into one YNN graph; on
+# AVX-512 CPUs XLA's own convolutions run VGG16 1.2-1.6x faster (benchmarks/NOTES.md). Dots stay with
+# YNNPACK. Set per compile, on CPU only, and only where this XLA knows the option.
+CPU_COMPILER_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT"}
+
+
+def jit_options(platform: str | None = None, tuned: bool = True) -> dict:
+    """Extra `jax.jit` keywords for our steps: CPU_COMPILER_OPTIONS on CPU (unless tuned=False), else nothing."""
+    if not tuned or (platform or jax.default_backend()) != "cpu" or not _cpu_options_known():
+        return {}
+    return {"compiler_options": dict(CPU_COMPILER_OPTIONS)}
+
+
+@functools.cache
+def _cpu_options_known() -> bool:
+    try:  # older jax has no `compiler_options`, older XLA no such option: both raise
+        jax.jit(lambda x: x + 1, compiler_options=CPU_COMPILER_OPTIONS).lower(np.float32(0)).compile()
+    except Exception:  # noqa: BLE001
+        return False
+    return True
 
 
 def make_mesh(devices: list | None = None) -> Mesh:
@@ -106,17 +128,18 @@ def prefetch(batches: Iterable[Mapping[str, np.ndarray]], mesh: Mesh, size: int 
         yield queue.popleft()
 
 
-def jit_step(step_fn, state_shardings: Any, frozen_shardings: Any, mesh: Mesh, donate: bool = True):
+def jit_step(step_fn, state_shardings: Any, frozen_shardings: Any, mesh: Mesh, donate: bool = True, tuned: bool = True):
     """jit with explicit shardings: state and frozen as given, batch split along `data`, metrics replicated."""
     return jax.jit(
         step_fn,
         in_shardings=(state_shardings, frozen_shardings, batch_sharding(mesh)),
         out_shardings=(state_shardings, replicated(mesh)),
         donate_argnums=(0,) if donate else (),
+        **jit_options(mesh.devices.flat[0].platform, tuned),
     )
 
 
-def jit_eval(eval_fn, trainable_shardings: Any, frozen_shardings: Any, mesh: Mesh):
+def jit_eval(eval_fn, trainable_shardings: Any, frozen_shardings: Any, mesh: Mesh, tuned: bool = True):
     """Sums come back replicated; per-example probabilities stay split along `data`."""
     out = {
         "loss_sum": replicated(mesh),
@@ -125,7 +148,10 @@ def jit_eval(eval_fn, trainable_shardings: Any, frozen_shardings: Any, mesh: Mes
         "probs": batch_sharding(mesh),
     }
     return jax.jit(
-        eval_fn, in_shardings=(trainable_shardings, frozen_shardings, batch_sharding(mesh)), out_shardings=out
+        eval_fn,
+        in_shardings=(trainable_shardings, frozen_shardings, batch_sharding(mesh)),
+        out_shardings=out,
+        **jit_options(mesh.devices.flat[0].platform, tuned),
     )
 
 

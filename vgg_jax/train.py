@@ -309,7 +309,8 @@ def _cached_features(cfg, model: Classifier, frozen, weights, train_src, valid_s
     if weights.path is None:
         say("feature cache: off for a random backbone (nothing to reuse); computing features in memory")
     backbone = jax.jit(
-        lambda p, x: model.apply({"params": p}, preprocess_input(x, model.dtype), method=Classifier.backbone)
+        lambda p, x: model.apply({"params": p}, preprocess_input(x, model.dtype), method=Classifier.backbone),
+        **parallel.jit_options(),
     )
     out = {}
     for split_name, source in (("train", train_src), ("valid", valid_src)):
