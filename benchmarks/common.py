@@ -180,3 +180,12 @@ def _os_threads() -> int | None:
         return len(os.listdir("/proc/self/task"))
     except OSError:
         return None
+
+
+def add_step_arguments(p) -> None:
+    """The options every benchmark child shares: batch, timed and warm-up steps, ceiling repeats, tiny VGG."""
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--steps", type=int, default=5)
+    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--repeats", type=int, default=5, help="ceiling/convert repeats")
+    p.add_argument("--tiny", action="store_true")

@@ -20,7 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import CpuShare, emit, threads_info, timed_steps
+from benchmarks.common import CpuShare, add_step_arguments, emit, threads_info, timed_steps
 
 
 def step_variant(args) -> dict:
@@ -129,13 +129,9 @@ def convert(args) -> dict:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--variant", required=True)
-    p.add_argument("--batch", type=int, default=8)
-    p.add_argument("--steps", type=int, default=5)
-    p.add_argument("--warmup", type=int, default=1)
-    p.add_argument("--repeats", type=int, default=5, help="ceiling/convert repeats")
     p.add_argument("--dtype", default="float32")
     p.add_argument("--xla", choices=["tuned", "default"], default="tuned")
-    p.add_argument("--tiny", action="store_true")
+    add_step_arguments(p)
     p.add_argument("--workdir", default="/tmp/vgg-jax-bench")
     args = p.parse_args()
     import jax

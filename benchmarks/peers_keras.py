@@ -18,7 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import emit, skip, threads_info, timed_steps
+from benchmarks.common import add_step_arguments, emit, skip, threads_info, timed_steps
 
 TINY = {"depths": (1, 1, 1, 1, 1), "widths": (8, 8, 16, 16, 16), "fc_units": 32, "size": 32}
 
@@ -66,11 +66,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--backend", choices=["jax", "tensorflow"], required=True)
     p.add_argument("--mode", choices=["train", "predict", "ceiling"], required=True)
-    p.add_argument("--batch", type=int, default=8)
-    p.add_argument("--steps", type=int, default=5)
-    p.add_argument("--warmup", type=int, default=1)
-    p.add_argument("--repeats", type=int, default=5)
-    p.add_argument("--tiny", action="store_true")
+    add_step_arguments(p)
     args = p.parse_args()
     os.environ["KERAS_BACKEND"] = args.backend  # must precede the first keras import
     try:

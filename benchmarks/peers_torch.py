@@ -18,7 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import emit, skip, threads_info, timed_steps
+from benchmarks.common import add_step_arguments, emit, skip, threads_info, timed_steps
 
 VGG16 = {"depths": (2, 2, 3, 3, 3), "widths": (64, 128, 256, 512, 512), "fc_units": 4096, "size": 224}
 TINY = {"depths": (1, 1, 1, 1, 1), "widths": (8, 8, 16, 16, 16), "fc_units": 32, "size": 32}
@@ -71,11 +71,7 @@ def main() -> None:
     p.add_argument("--mode", choices=["train", "infer", "ceiling"], required=True)
     p.add_argument("--layout", choices=["nchw", "channels_last"], default="nchw")
     p.add_argument("--compile", action="store_true", help="torch.compile the model (cold inductor cache)")
-    p.add_argument("--batch", type=int, default=8)
-    p.add_argument("--steps", type=int, default=5)
-    p.add_argument("--warmup", type=int, default=1)
-    p.add_argument("--repeats", type=int, default=5)
-    p.add_argument("--tiny", action="store_true")
+    add_step_arguments(p)
     args = p.parse_args()
     try:
         import torch
