@@ -94,29 +94,15 @@ def jobs_for(batches: list[int], quick: bool) -> list[dict]:
                     variant=variant,
                 )
             )
+        alternatives = (
+            ("xla-default", "ours-default", "ours, XLA default options", ["--xla", "default"]),
+            ("bf16", "ours-bf16", "ours, bfloat16 compute", ["--dtype", "bfloat16"]),
+        )
         for variant in ("infer", "frozen"):
-            out.append(
-                job(
-                    f"ours-{variant}-xla-default",
-                    "ours-default",
-                    f"ours, XLA default options: {variant}",
-                    [OURS, "--variant", variant, "--xla", "default", "--batch", str(b), *tiny],
-                    b,
-                    "infer" if variant == "infer" else "train",
-                    variant=variant,
-                )
-            )
-            out.append(
-                job(
-                    f"ours-{variant}-bf16",
-                    "ours-bf16",
-                    f"ours, bfloat16 compute: {variant}",
-                    [OURS, "--variant", variant, "--dtype", "bfloat16", "--batch", str(b), *tiny],
-                    b,
-                    "infer" if variant == "infer" else "train",
-                    variant=variant,
-                )
-            )
+            for suffix, group, label, options in alternatives:
+                argv = [OURS, "--variant", variant, *options, "--batch", str(b), *tiny]
+                kind = "infer" if variant == "infer" else "train"
+                out.append(job(f"ours-{variant}-{suffix}", group, f"{label}: {variant}", argv, b, kind, variant=variant))
         for backend, short in (("jax", "Keras 3 / JAX"), ("tensorflow", "Keras 3 / TF")):
             for mode in ("train", "predict"):
                 out.append(
