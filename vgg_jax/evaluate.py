@@ -18,7 +18,7 @@ from vgg_jax.errors import UserError
 from vgg_jax.freeze import parse_lr_mults, split
 from vgg_jax.network import build_model, init_params, resolve_weights
 from vgg_jax.optim import make_optimizer
-from vgg_jax.params_io import atomic_path
+from vgg_jax.fileio import atomic_path
 from vgg_jax.rundir import say
 from vgg_jax.step import create_state, eval_step
 from vgg_jax.train import evaluate_batches

@@ -15,7 +15,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from vgg_jax.params_io import atomic_path
+from vgg_jax.fileio import atomic_path
 from vgg_jax.paths import cache_dir
 
 PREPROCESSING = "keras-caffe-bgr-mean/v1"

@@ -10,7 +10,7 @@ from typing import Any
 
 from vgg_jax.config import RUN_LOCAL_FIELDS, TrainConfig
 from vgg_jax.errors import UserError
-from vgg_jax.params_io import atomic_path
+from vgg_jax.fileio import atomic_path
 
 RUN_FILE = "run.json"
 
