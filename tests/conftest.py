@@ -35,3 +35,36 @@ def vgg19(images):
     from tests.keras_files import KerasReference
 
     return KerasReference("vgg19", 2, images)
+
+
+def _mount_tmpfs(where, options: str) -> bool:
+    import subprocess
+
+    where.mkdir(parents=True, exist_ok=True)
+    return subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(where)], capture_output=True).returncode == 0
+
+
+def _umount(where) -> None:
+    import subprocess
+
+    subprocess.run(["umount", "-l", str(where)], capture_output=True)
+
+
+@pytest.fixture
+def full_dir(tmp_path):
+    """A folder on a 64 KiB tmpfs (a full disk for anything bigger). Needs root, as CI and sessions here are."""
+    where = tmp_path / "full"
+    if not _mount_tmpfs(where, "size=64k,mode=0777"):
+        pytest.skip("cannot mount a tmpfs here (not root?)")
+    yield where
+    _umount(where)
+
+
+@pytest.fixture
+def readonly_dir(tmp_path):
+    """A read-only folder (a read-only tmpfs: root ignores file permission bits, not a read-only mount)."""
+    where = tmp_path / "readonly"
+    if not _mount_tmpfs(where, "size=64k,ro"):
+        pytest.skip("cannot mount a tmpfs here (not root?)")
+    yield where
+    _umount(where)
