@@ -47,15 +47,17 @@ def load_run(run_dir: str | Path, weights: str | None = None, which: str | int =
         clip_norm=cfg.clip_norm,
         lr_mults=parse_lr_mults(cfg.lr_mult),
     )
-    checkpoints = Checkpoints(Path(run_dir) / "checkpoints", cfg.keep_checkpoints)
-    step = {"best": checkpoints.best_step, "latest": checkpoints.latest_step}.get(which, lambda: which)()
-    if step is None:
-        raise UserError(f"{run_dir}: no checkpoint yet; train first")
     mesh = parallel.make_mesh()
     state = create_state(trainable, tx, cfg.seed)
     state_sh = parallel.shardings_for(state, mesh, cfg.shard_fc)
-    state, _ = checkpoints.restore(step, parallel.put(state, state_sh))
-    checkpoints.close()
+    checkpoints = Checkpoints(Path(run_dir) / "checkpoints", cfg.keep_checkpoints)
+    try:
+        found = checkpoints.restore_good(parallel.put(state, state_sh), which, say=say)
+    finally:
+        checkpoints.close()
+    if found is None:
+        raise UserError(f"{run_dir}: no usable checkpoint yet; train first (or --resume the run)")
+    step, state, _ = found
     frozen_sh = parallel.shardings_for(frozen, mesh, cfg.shard_fc)
     frozen = parallel.put(frozen, frozen_sh)
     say(f"{run_dir}: checkpoint step {step}")

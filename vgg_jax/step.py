@@ -79,7 +79,9 @@ def train_step(
     params = optax.apply_updates(state.params, updates)
     accuracy = _masked_mean((predictions(logits) == batch["label"]).astype(jnp.float32), batch["mask"])
     new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
-    return new_state, {"loss": loss, "accuracy": accuracy, "finite": jnp.isfinite(loss)}
+    # The state about to be kept must be finite too: a NaN update (lr, clipping, Adam) can follow a finite loss.
+    finite = jnp.isfinite(loss) & jnp.all(jnp.array([jnp.all(jnp.isfinite(p)) for p in jax.tree.leaves(params)]))
+    return new_state, {"loss": loss, "accuracy": accuracy, "finite": finite}
 
 
 def eval_step(

@@ -43,7 +43,7 @@ class Topology:
     process_count: int
 
     @classmethod
-    def current(cls) -> "Topology":
+    def current(cls) -> Topology:
         return cls(parallel.make_mesh(), jax.process_index(), jax.process_count())
 
     @property
@@ -80,35 +80,55 @@ def use_feature_cache(cfg: TrainConfig, topo: Topology) -> bool:
 
 
 def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -> dict:
-    """Trains per `cfg` into the run folder `cfg.out`; returns the final validation metrics."""
+    """Trains per `cfg` into the run folder `cfg.out`; returns the final validation metrics.
+
+    The inputs are checked before the run folder is touched; the folder is locked for the whole run, and a
+    new run that fails before its first checkpoint leaves nothing behind."""
     from vgg_jax import data
 
+    cfg.validate()
     topo = Topology.current()
     rundir.LEAD = topo.lead
     local_bs = topo.local(cfg.batch_size, "--batch-size")
     eval_bs = cfg.eval_batch_size or cfg.batch_size
     local_eval_bs = topo.local(eval_bs, "--eval-batch-size")
-    run_dir = rundir.prepare(cfg, resume, overwrite) if topo.lead else Path(cfg.out)
-    _sync("run folder ready", topo)
-
+    # Everything that can refuse the inputs runs before the run folder is touched.
     train_src, valid_src = open_sources(cfg)
-    say(f"train: {train_src.describe()}")
-    say(f"valid: {valid_src.describe()}")
     weights = resolve_weights(cfg.weights)
-    say(f"weights: {weights.label}")
-    devices = f"{topo.mesh.size} {jax.devices()[0].platform.upper()} device(s)"
-    say(f"mesh: {devices} in {topo.process_count} process(es); global batch {cfg.batch_size}, {local_bs} per process")
-
     probe = build_model(cfg, len(train_src.class_names))
     params = init_params(probe, cfg, weights)
     trainable, frozen = split(params, cfg.freeze_through)
     del params
-    model = probe.clone(dropout_on=tuple(k for k in ("fc1", "fc2") if k in trainable))
     steps_per_epoch = data.steps_per_epoch(train_src, local_bs, topo.process_count)
     if steps_per_epoch == 0:
         raise UserError(
             f"{cfg.data}: {train_src.num_examples} training images, fewer than one batch of {cfg.batch_size}"
         )
+
+    folder = rundir.RunFolder(cfg, resume, overwrite) if topo.lead else None
+    _sync("run folder ready", topo)
+    try:
+        return _train(cfg, topo, resume, train_src, valid_src, weights, probe, trainable, frozen, steps_per_epoch,
+                      local_bs, local_eval_bs)  # fmt: skip
+    except BaseException as e:
+        if folder is not None and not isinstance(e, Diverged):  # a diverged run's metrics show what happened
+            folder.abandon()
+        raise
+    finally:
+        if folder is not None:
+            folder.release()
+
+
+def _train(cfg, topo, resume, train_src, valid_src, weights, probe, trainable, frozen, steps_per_epoch, local_bs,
+           local_eval_bs) -> dict:  # fmt: skip
+
+    run_dir = Path(cfg.out)
+    say(f"train: {train_src.describe()}")
+    say(f"valid: {valid_src.describe()}")
+    say(f"weights: {weights.label}")
+    devices = f"{topo.mesh.size} {jax.devices()[0].platform.upper()} device(s)"
+    say(f"mesh: {devices} in {topo.process_count} process(es); global batch {cfg.batch_size}, {local_bs} per process")
+    model = probe.clone(dropout_on=tuple(k for k in ("fc1", "fc2") if k in trainable))
     tx = make_optimizer(
         trainable, name=cfg.optimizer, lr=cfg.lr, total_steps=cfg.epochs * steps_per_epoch, warmup_steps=cfg.warmup_steps,
         cosine=cfg.schedule == "cosine", momentum=cfg.momentum, clip_norm=cfg.clip_norm, lr_mults=parse_lr_mults(cfg.lr_mult),
@@ -116,19 +136,22 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -> di
     state = create_state(trainable, tx, cfg.seed)
     state_sh = parallel.shardings_for(state, topo.mesh, cfg.shard_fc)
     state = parallel.put(state, state_sh)
-    checkpoints = Checkpoints(run_dir / "checkpoints", cfg.keep_checkpoints)
+    checkpoints = Checkpoints(run_dir / "checkpoints", cfg.keep_checkpoints, writer=True, lead=topo.lead)
     position = Position(0, 0)
-    if resume and (latest := checkpoints.latest_step()) is not None:
+    if resume:
         _check_same_inputs(run_dir, train_src, weights)
-        state, meta = checkpoints.restore(latest, state)
-        position = Position(meta["epoch"], meta["batch"])
-        say(f"resuming from step {latest} (epoch {position.epoch + 1}, batch {position.batch})")
+        if (found := checkpoints.restore_good(state, "latest", say=say)) is not None:
+            latest, state, meta = found
+            position = Position(meta["epoch"], meta["batch"])
+            say(f"resuming from step {latest} (epoch {position.epoch + 1}, batch {position.batch})")
+        else:
+            say("no usable checkpoint yet; starting from step 0")
     if topo.lead:
         rundir.write_run(run_dir, _run_info(cfg, train_src, valid_src, weights, state, frozen, topo))
     say(
         f"trainable: {', '.join(sorted(trainable))} ({param_bytes(trainable) // 4:,} params); frozen: {param_bytes(frozen) // 4:,} params"
     )
-    metrics = rundir.Metrics(run_dir, resume_step=int(state.step) if resume else None) if topo.lead else None
+    metrics = rundir.Metrics(run_dir, resume_step=int(state.step) if resume else None, say=say) if topo.lead else None
 
     frozen = parallel.put(frozen, parallel.shardings_for(frozen, topo.mesh, cfg.shard_fc))
     if use_feature_cache(cfg, topo):
@@ -154,21 +177,17 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -> di
                 cfg, topo, state, step_fn, frozen, batches, epoch, start, steps_per_epoch, checkpoints, metrics
             )
             result = evaluate_batches(eval_fn, state.params, frozen, valid_batches(), topo.mesh, keep_probs=False)
+            if not np.isfinite(result["loss"]):
+                raise _diverged(cfg, "validation loss", int(state.step), epoch, checkpoints)
             say(
                 f"epoch {epoch + 1}/{cfg.epochs}: valid loss {result['loss']:.4f}, accuracy {result['accuracy']:.2%} ({result['count']} images)"
             )
-            checkpoints.save(int(state.step), state, Position(epoch + 1, 0), val_loss=result["loss"])
+            # Logged before the checkpoint: a kill in between re-runs the epoch end, whose row a resume drops.
             if metrics is not None:
-                metrics.log(
-                    kind="valid",
-                    step=int(state.step),
-                    epoch=epoch + 1,
-                    loss=result["loss"],
-                    accuracy=result["accuracy"],
-                )
+                metrics.log(kind="valid", step=int(state.step), epoch=epoch + 1, loss=result["loss"], accuracy=result["accuracy"])
                 metrics.plot(run_dir / "curves.png")
+            checkpoints.save(int(state.step), state, Position(epoch + 1, 0), val_loss=result["loss"])
     finally:
-        checkpoints.wait()
         checkpoints.close()
     if topo.process_count > 1:
         digest = hashlib.sha256(
@@ -201,11 +220,7 @@ def _run_epoch(cfg, topo, state, step_fn, frozen, batches, epoch, start, steps_p
             stats = jax.device_get(window)
             if not all(bool(s["finite"]) for s in stats):
                 bar.close()
-                last = checkpoints.latest_step()
-                raise Diverged(
-                    f"{cfg.out}: loss became NaN/inf near step {step} (epoch {epoch + 1}); stopped. "
-                    f"Last good checkpoint: {'none' if last is None else f'step {last}'}; try a lower --lr or --clip-norm"
-                )
+                raise _diverged(cfg, "training loss", step, epoch, checkpoints)
             rate = window_images / max(time.perf_counter() - window_start, 1e-9)
             loss, accuracy = float(np.mean([s["loss"] for s in stats])), float(np.mean([s["accuracy"] for s in stats]))
             bar.set_postfix(loss=f"{loss:.4f}", img_s=f"{rate:.1f}")
@@ -216,6 +231,14 @@ def _run_epoch(cfg, topo, state, step_fn, frozen, batches, epoch, start, steps_p
             checkpoints.save(step, state, Position(epoch, index + 1))
     bar.close()
     return state
+
+
+def _diverged(cfg: TrainConfig, what: str, step: int, epoch: int, checkpoints: Checkpoints) -> Diverged:
+    last = checkpoints.latest_step()
+    return Diverged(
+        f"{cfg.out}: {what} or parameters became NaN/inf near step {step} (epoch {epoch + 1}); stopped. "
+        f"Last good checkpoint: {'none' if last is None else f'step {last}'}; try a lower --lr or --clip-norm"
+    )
 
 
 def evaluate_batches(eval_fn, trainable, frozen, batches, mesh, keep_probs: bool = True) -> dict:
