@@ -59,7 +59,8 @@ def copy_run(run, tmp_path):
 
 
 def one_error_line(err: str) -> str:
-    lines = [line for line in err.splitlines() if line.strip()]
+    """The one line a user mistake gets on stderr (progress bars aside)."""
+    lines = [line for line in err.replace("\r", "\n").splitlines() if line.strip() and not line.startswith("epoch ")]
     assert len(lines) == 1 and lines[0].startswith("vgg-jax: error: "), err
     return lines[0]
 
@@ -200,3 +201,13 @@ def test_files_we_write_honour_the_umask(folder, tmp_path, umask):
     wrong = {str(p.relative_to(tmp_path)): oct(p.stat().st_mode & 0o777) for p in files if p.stat().st_mode & 0o777 != want}
     assert not wrong, f"umask {oct(umask)}: want {oct(want)}, got {wrong}"
     assert any(p.suffix == ".png" for p in files) and any(p.name == "run.json" for p in files)
+
+
+@pytest.mark.parametrize("where", ["readonly_dir", "full_dir"])
+def test_train_into_an_unwritable_place_is_one_line(folder, where, request, capsys):
+    place = request.getfixturevalue(where)
+    rc = main(["train", "--data", str(folder), "--out", str(place / "run"), *SMALL_ARGS, "--freeze-through", "none"])
+    line = one_error_line(capsys.readouterr().err)
+    assert rc == 2
+    assert ("read-only file system" if where == "readonly_dir" else "no space left on device") in line, line
+    assert not list(place.iterdir()), "a failed start left files behind"

@@ -158,8 +158,15 @@ class Checkpoints:
             tmp.mkdir()
         _sync(f"checkpoint {step} folder")
         maybe_kill("checkpoint-before-state")
-        self._checkpointer().save(tmp / STATE, state)
-        self._checkpointer().wait_until_finished()
+        try:
+            self._checkpointer().save(tmp / STATE, state)
+            self._checkpointer().wait_until_finished()
+        except Exception as e:  # tensorstore reports a full disk as ValueError
+            if self.lead:
+                shutil.rmtree(tmp, ignore_errors=True)
+            if (why := _environmental(e)) is None:
+                raise
+            raise UserError(f"{self.directory}: cannot write checkpoint {step} ({why})") from None
         maybe_kill("checkpoint-after-state")
         if self.lead:
             with atomic_path(tmp / META) as f:
@@ -226,6 +233,16 @@ def _fsync_dir(directory: Path) -> None:
 
 def _finite(x: Any) -> bool:
     return isinstance(x, (int, float)) and bool(np.isfinite(x))
+
+
+def _environmental(e: BaseException) -> str | None:
+    """'no space left on device' and the like when a write failed for a reason outside the program, else None."""
+    text = str(e)
+    for marker, why in (("No space left", "no space left on device"), ("Read-only file system", "read-only file system"),
+                        ("Permission denied", "permission denied"), ("Disk quota", "disk quota exceeded")):  # fmt: skip
+        if marker in text:
+            return why
+    return None
 
 
 def _damage(e: BaseException) -> str:
