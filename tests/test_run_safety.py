@@ -192,15 +192,18 @@ def test_files_we_write_honour_the_umask(folder, tmp_path, umask):
         train(cfg(folder, out, epochs=1))
         assert main(["predict", str(out), str(folder / "test1"), "--csv", str(tmp_path / "sub.csv")]) == 0
         assert main(["export", str(out), "-o", str(tmp_path / "model.safetensors")]) == 0
+        # A pretrained backbone turns the feature cache on: its files too.
+        train(cfg(folder, tmp_path / "cached", epochs=1, weights=str(tmp_path / "model.safetensors")))
     finally:
         os.umask(old)
     want = 0o666 & ~umask
     files = [tmp_path / "sub.csv", tmp_path / "model.safetensors"]
-    files += [p for p in out.rglob("*") if p.is_file() and p.name != ".lock"]
+    files += [p for run in (out, tmp_path / "cached") for p in run.rglob("*") if p.is_file()]
     files += [p for p in (tmp_path / "cache").rglob("*") if p.is_file() and "jax" not in p.parts]
     wrong = {str(p.relative_to(tmp_path)): oct(p.stat().st_mode & 0o777) for p in files if p.stat().st_mode & 0o777 != want}
     assert not wrong, f"umask {oct(umask)}: want {oct(want)}, got {wrong}"
-    assert any(p.suffix == ".png" for p in files) and any(p.name == "run.json" for p in files)
+    assert {".png", ".json", ".npz", ".csv", ".safetensors"} <= {p.suffix for p in files}
+    assert any(p.name == ".lock" for p in files)
 
 
 @pytest.mark.parametrize("where", ["readonly_dir", "full_dir"])
