@@ -20,6 +20,8 @@ def _classify(args: argparse.Namespace) -> int:
     from vgg_jax.classify import top_k
     from vgg_jax.image import load_image
 
+    if args.top < 1:
+        raise UserError(f"--top must be an integer >= 1. Received: {args.top}")
     image = load_image(args.image)
     weights = Path(args.weights)
     if weights.suffix in (".h5", ".keras"):
@@ -54,13 +56,12 @@ def _params_file(spec: str | None) -> str | None:
 def _train_config(args: argparse.Namespace):
     from vgg_jax.config import TrainConfig
 
-    widths = tuple(int(w) for w in args.widths.split(",")) if args.widths else None
     return TrainConfig(
         data=args.data,
         out=args.out,
-        weights=_params_file(args.weights),
+        weights=args.weights,
         arch=args.arch,
-        widths=widths,
+        widths=_widths(args.widths),
         fc_units=args.fc_units,
         top=args.top,
         image_size=args.image_size,
@@ -90,34 +91,70 @@ def _train_config(args: argparse.Namespace):
     )
 
 
+def _widths(spec: str | None) -> tuple[int, ...] | None:
+    """'8,8,16,16,16' -> (8, 8, 16, 16, 16); the values themselves are checked by TrainConfig.validate."""
+    if not spec:
+        return None
+    try:
+        return tuple(int(w) for w in spec.split(","))
+    except ValueError:
+        raise UserError(f"--widths expects comma-separated integers, e.g. 8,8,16,16,16. Received: {spec!r}") from None
+
+
+def _check_run_folder(out: str) -> None:
+    """--out must be a folder (or not exist yet) in a place we can write."""
+    from vgg_jax.fileio import check_writable
+
+    if Path(out).exists() and not Path(out).is_dir():
+        raise UserError(f"{out}: exists and is not a folder; give --out a run folder")
+    check_writable(Path(out) / "run.json", "run folder")
+
+
 def _train(args: argparse.Namespace) -> int:
+    cfg = _train_config(args)
+    cfg.validate()  # before the weights are converted and the run folder is touched
+    _check_run_folder(cfg.out)
+    cfg = cfg.replace(weights=_params_file(cfg.weights))
     if args.distributed:
         from vgg_jax.parallel import init_distributed
 
         init_distributed(args.coordinator, args.num_processes, args.process_id)
     from vgg_jax.train import train
 
-    train(_train_config(args), resume=args.resume, overwrite=args.overwrite)
+    train(cfg, resume=args.resume, overwrite=args.overwrite)
     return 0
+
+
+def _check_batch_size(value: int | None) -> None:
+    if value is not None and value < 1:
+        raise UserError(f"--batch-size must be an integer >= 1. Received: {value}")
 
 
 def _evaluate(args: argparse.Namespace) -> int:
     from vgg_jax.evaluate import evaluate
 
+    _check_batch_size(args.batch_size)
     evaluate(args.run, args.data, args.split, args.batch_size)
     return 0
 
 
 def _predict(args: argparse.Namespace) -> int:
     from vgg_jax.evaluate import predict
+    from vgg_jax.fileio import check_writable
 
+    _check_batch_size(args.batch_size)
+    if args.clip is not None and not 0 <= args.clip < 0.5:
+        raise UserError(f"--clip must be in [0, 0.5). Received: {args.clip}")
+    check_writable(args.csv or Path(args.run) / "predictions.csv", "CSV")  # before any checkpoint is loaded
     predict(args.run, args.images, args.csv, args.clip, args.batch_size)
     return 0
 
 
 def _export(args: argparse.Namespace) -> int:
     from vgg_jax.evaluate import export
+    from vgg_jax.fileio import check_writable
 
+    check_writable(args.output, "params file")  # before any checkpoint is loaded
     export(args.run, args.output, args.which)
     return 0
 
@@ -196,6 +233,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _train_arguments(p: argparse.ArgumentParser) -> None:
+    from vgg_jax import config
+    from vgg_jax.arch import DEPTHS
+    from vgg_jax.data_decode import RESIZE_MODES
     from vgg_jax.freeze import POLICIES
 
     p.add_argument(
@@ -211,9 +251,9 @@ def _train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--eval-batch-size", type=int)
     p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--optimizer", choices=["adam", "sgd"], default="adam")
+    p.add_argument("--optimizer", choices=config.OPTIMIZERS, default="adam")
     p.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
-    p.add_argument("--schedule", choices=["constant", "cosine"], default="constant")
+    p.add_argument("--schedule", choices=config.SCHEDULES, default="constant")
     p.add_argument("--warmup-steps", type=int, default=0)
     p.add_argument("--clip-norm", type=float, help="clip the trainable gradients' global norm")
     p.add_argument(
@@ -245,7 +285,7 @@ def _train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
     p.add_argument(
         "--dtype",
-        choices=["float32", "bfloat16"],
+        choices=config.DTYPES,
         default="float32",
         help="compute dtype (params, loss and optimizer stay float32); bfloat16 recommended on GPU/TPU",
     )
@@ -261,11 +301,9 @@ def _train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--num-processes", type=int)
     p.add_argument("--process-id", type=int)
     p.add_argument("--image-size", type=int, default=224)
-    p.add_argument("--resize", choices=["squash", "center-crop", "pad"], default="squash")
-    p.add_argument(
-        "--top", choices=["fc", "avg", "max"], default="fc", help="fc1/fc2 as in the recipe, or global pooling"
-    )
-    p.add_argument("--arch", choices=["vgg11", "vgg13", "vgg16", "vgg19"], default="vgg16")
+    p.add_argument("--resize", choices=RESIZE_MODES, default="squash")
+    p.add_argument("--top", choices=config.TOPS, default="fc", help="fc1/fc2 as in the recipe, or global pooling")
+    p.add_argument("--arch", choices=list(DEPTHS), default="vgg16")
     p.add_argument("--widths", help=argparse.SUPPRESS)  # small test variants, e.g. 8,8,16,16,16
     p.add_argument("--fc-units", type=int, help=argparse.SUPPRESS)
     p.add_argument("--log-every", type=int, default=10, help="steps between logged training metrics")
@@ -294,6 +332,12 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except UserError as e:
         print(f"vgg-jax: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # the environment (full or read-only disk, permissions) where no UserError names it
+        from vgg_jax.fileio import os_reason
+
+        where = f"{e.filename}: " if e.filename is not None else ""
+        print(f"vgg-jax: error: {where}{os_reason(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("vgg-jax: interrupted", file=sys.stderr)

@@ -7,16 +7,21 @@ from __future__ import annotations
 
 import json
 import os
+import struct
 from collections.abc import Mapping
 from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
 
+from vgg_jax.arch import DEPTHS
 from vgg_jax.errors import UserError
 from vgg_jax.fileio import atomic_path
 
 FORMAT = "vgg-jax-params/1"
+# Params are float32 throughout (model, optimizer, checkpoints; --dtype sets compute only). Half-precision files
+# are widened exactly, as the converter does, so an export in float16/bfloat16 loads as the same numbers.
+FLOAT_DTYPES = ("F16", "BF16", "F32", "F64")
 
 
 def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -44,13 +49,27 @@ def unflatten(flat: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def save(path: str | os.PathLike, params: Mapping[str, Any], metadata: Mapping[str, Any]) -> None:
-    """Writes nested params and JSON-able metadata to a safetensors file, atomically."""
-    from safetensors.numpy import save_file
+    """Writes nested params (as float32) and JSON-able metadata to a safetensors file, atomically.
 
-    flat = {k: np.ascontiguousarray(v) for k, v in flatten(params).items()}
-    meta = {"format": FORMAT, **{k: json.dumps(v) for k, v in metadata.items()}}
-    with atomic_path(path) as tmp:
-        save_file(flat, str(tmp), metadata=meta)
+    The bytes are streamed through fileio.atomic_path rather than safetensors' save_file, which writes its own
+    `.tmpXXXXXX` beside the target (left behind by a kill) and raises SafetensorError, not OSError, on a full disk.
+    """
+    flat = {k: np.require(np.asarray(v, dtype="<f4"), requirements="C") for k, v in flatten(params).items()}
+    header: dict[str, Any] = {"__metadata__": {"format": FORMAT, **{k: json.dumps(v) for k, v in metadata.items()}}}
+    offset = 0
+    for name in sorted(flat):
+        header[name] = {
+            "dtype": "F32",
+            "shape": list(flat[name].shape),
+            "data_offsets": [offset, offset + flat[name].nbytes],
+        }
+        offset += flat[name].nbytes
+    raw = json.dumps(header, separators=(",", ":")).encode()
+    raw += b" " * (-len(raw) % 8)  # data 8-byte aligned, as safetensors writes it
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        f.write(struct.pack("<Q", len(raw)) + raw)
+        for name in sorted(flat):
+            f.write(memoryview(flat[name]).cast("B"))
 
 
 def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
@@ -61,7 +80,20 @@ def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
         raise UserError(
             f"{path}: not a vgg-jax params file (no '{FORMAT}' metadata); convert Keras files with `vgg-jax convert`"
         )
-    return {k: json.loads(v) for k, v in raw.items() if k != "format"}
+    meta = {k: _decode_field(path, k, v) for k, v in raw.items() if k != "format"}
+    if "architecture" in meta and not (isinstance(meta["architecture"], str) and meta["architecture"] in DEPTHS):
+        raise UserError(
+            f"{path}: metadata field 'architecture' is {meta['architecture']!r}, not one of {', '.join(DEPTHS)}; "
+            "the params file is damaged"
+        )
+    return meta
+
+
+def _decode_field(path: str | os.PathLike, key: str, value: str) -> Any:
+    try:
+        return json.loads(value)
+    except ValueError:
+        raise UserError(f"{path}: metadata field {key!r} is not valid JSON; the params file is damaged") from None
 
 
 def load(path: str | os.PathLike, like: Mapping[str, Any] | None = None) -> dict[str, Any]:
@@ -73,7 +105,7 @@ def load(path: str | os.PathLike, like: Mapping[str, Any] | None = None) -> dict
     with _open(path) as f:
         keys = set(f.keys())
         if like is None:
-            return unflatten({k: f.get_tensor(k) for k in sorted(keys)})
+            return unflatten({k: _read_tensor(f, path, k) for k in sorted(keys)})
         want = flatten(like)
         missing = sorted(set(want) - keys)
         if missing:
@@ -86,11 +118,39 @@ def load(path: str | os.PathLike, like: Mapping[str, Any] | None = None) -> dict
             raise UserError(f"{path}: missing {len(missing)} parameter(s): {', '.join(missing[:4])}")
         out = {}
         for k, spec in want.items():
-            array = f.get_tensor(k)
-            if tuple(array.shape) != tuple(spec.shape):
-                raise UserError(f"{path}: {k} has shape {tuple(array.shape)}, the model expects {tuple(spec.shape)}")
-            out[k] = array
+            shape = tuple(f.get_slice(k).get_shape())
+            if shape != tuple(spec.shape):
+                raise UserError(f"{path}: {k} has shape {shape}, the model expects {tuple(spec.shape)}")
+            out[k] = _read_tensor(f, path, k)
         return unflatten(out)
+
+
+def _read_tensor(f, path: str | os.PathLike, key: str) -> np.ndarray:
+    """One tensor as finite float32: float16/bfloat16 widened exactly, float64 rounded; anything else refused."""
+    stored = f.get_slice(key).get_dtype()
+    if stored not in FLOAT_DTYPES:
+        raise UserError(f"{path}: {key} holds {_dtype_name(stored)} values, not floating-point weights; refused")
+    if stored == "BF16":
+        import ml_dtypes  # noqa: F401  (registers bfloat16 with numpy, which safetensors needs to read it)
+    with np.errstate(over="ignore", invalid="ignore"):  # float64 beyond float32's range becomes inf: counted below
+        array = f.get_tensor(key).astype(np.float32, copy=False)
+        total = array.sum(dtype=np.float64)  # a float64 sum of float32 values overflows only on NaN/inf
+    if not np.isfinite(total):
+        bad = array.size - np.count_nonzero(np.isfinite(array))
+        rounded = " once rounded to float32" if stored == "F64" else ""
+        raise UserError(
+            f"{path}: {key} holds {bad:,} non-finite values (NaN/inf){rounded}; the weights file is damaged: "
+            "convert or export it again"
+        )
+    return array
+
+
+def _dtype_name(stored: str) -> str:
+    """safetensors' dtype codes in numpy's words: 'I64' -> 'int64', 'BOOL' -> 'bool', 'U8' -> 'uint8'."""
+    if stored == "BOOL":
+        return "bool"
+    prefix = {"I": "int", "U": "uint", "F": "float"}.get(stored[0])
+    return prefix + stored[1:].lower() if prefix else stored.lower()
 
 
 def load_keys(path: str | os.PathLike) -> set[str]:

@@ -1,0 +1,277 @@
+"""Bad values and unwritable outputs are refused before any work, in one line naming the flag or path and the value
+received: train (no run folder is created, no weights converted), evaluate, predict and export (no checkpoint is
+loaded), classify, and an OSError from the environment anywhere under a command. Small VGG on generated JPEGs."""
+
+from __future__ import annotations
+
+import csv
+import errno
+import os
+
+import pytest
+
+from vgg_jax.cli import main
+from vgg_jax.config import TrainConfig
+from vgg_jax.errors import UserError
+from vgg_jax.synthetic import write_folder
+
+SMALL = {"arch": "vgg11", "widths": (8, 8, 16, 16, 16), "fc_units": 32, "image_size": 32, "batch_size": 8, "lr": 3e-3}
+SMALL_ARGS = ["--weights", "random", "--arch", "vgg11", "--widths", "8,8,16,16,16", "--fc-units", "32",
+              "--image-size", "32", "--batch-size", "8"]  # fmt: skip
+TEST_IMAGES = 3
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    return write_folder(tmp_path_factory.mktemp("data") / "dogscats", train=8, valid=4, test=TEST_IMAGES, seed=1)
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("cache")
+
+
+@pytest.fixture(autouse=True)
+def own_cache(cache, monkeypatch):
+    monkeypatch.setenv("VGG_JAX_CACHE", str(cache))
+
+
+@pytest.fixture(scope="module")
+def run(folder, cache, tmp_path_factory):
+    """One tiny trained run (one epoch, head only) for predict and export."""
+    from vgg_jax.train import train
+
+    out = tmp_path_factory.mktemp("runs") / "tiny"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("VGG_JAX_CACHE", str(cache))
+        train(TrainConfig(data=str(folder), out=str(out), epochs=1, **SMALL))
+    return out
+
+
+def refused(capsys, argv: list[str]) -> tuple[str, str]:
+    """Runs the CLI; asserts exit status 2 and exactly one stderr line 'vgg-jax: error: ...'; -> (line, stdout)."""
+    rc = main([str(a) for a in argv])
+    captured = capsys.readouterr()
+    lines = captured.err.splitlines()
+    assert rc == 2 and len(lines) == 1 and lines[0].startswith("vgg-jax: error: "), (
+        f"{argv}: rc {rc}, stderr {captured.err!r}"
+    )
+    with capsys.disabled():  # shown with -s, kept out of the next readouterr
+        print(f"{' '.join(map(str, argv[:1] + argv[-2:]))} -> {lines[0]}")
+    return lines[0], captured.out
+
+
+def fill(where) -> None:
+    """Fills the filesystem of `where` (a small tmpfs) until it reports ENOSPC."""
+    with open(where / "ballast", "wb", buffering=0) as f:
+        try:
+            while True:
+                f.write(b"\0" * 4096)
+                f.flush()
+        except OSError as e:
+            assert e.errno == errno.ENOSPC, e
+    with pytest.raises(OSError):
+        (where / "probe").write_bytes(b"\0" * 4096)
+
+
+BAD_TRAIN = [
+    (["--batch-size", "0"], "--batch-size", "0"),
+    (["--batch-size", "-4"], "--batch-size", "-4"),
+    (["--eval-batch-size", "0"], "--eval-batch-size", "0"),
+    (["--lr", "nan"], "--lr", "nan"),
+    (["--lr", "inf"], "--lr", "inf"),
+    (["--lr", "0.0"], "--lr", "0.0"),
+    (["--lr", "-0.1"], "--lr", "-0.1"),
+    (["--momentum", "1.0"], "--momentum", "1.0"),
+    (["--momentum", "-0.5"], "--momentum", "-0.5"),
+    (["--momentum", "nan"], "--momentum", "nan"),
+    (["--epochs", "0"], "--epochs", "0"),
+    (["--image-size", "7"], "--image-size", "7"),
+    (["--image-size", "31"], "--image-size", "31"),
+    (["--dropout", "1.0"], "--dropout", "1.0"),
+    (["--dropout", "-0.1"], "--dropout", "-0.1"),
+    (["--dropout", "nan"], "--dropout", "nan"),
+    (["--keep-checkpoints", "0"], "--keep-checkpoints", "0"),
+    (["--checkpoint-every", "-1"], "--checkpoint-every", "-1"),
+    (["--warmup-steps", "-1"], "--warmup-steps", "-1"),
+    (["--clip-norm", "0.0"], "--clip-norm", "0.0"),
+    (["--clip-norm", "inf"], "--clip-norm", "inf"),
+    (["--valid-fraction", "0.0"], "--valid-fraction", "0.0"),
+    (["--valid-fraction", "1.0"], "--valid-fraction", "1.0"),
+    (["--valid-fraction", "nan"], "--valid-fraction", "nan"),
+    (["--log-every", "0"], "--log-every", "0"),
+    (["--widths", "8,8,0,16,16"], "--widths", "8,8,0,16,16"),
+    (["--widths", "8,8,16"], "--widths", "8,8,16"),
+    (["--widths", "8,8,x,16,16"], "--widths", "8,8,x,16,16"),
+    (["--fc-units", "0"], "--fc-units", "0"),
+    (["--seed", "-1"], "--seed", "-1"),
+    (["--lr-mult", "conv=nan"], "--lr-mult", "conv=nan"),
+    (["--lr-mult", "conv=-1"], "--lr-mult", "conv=-1"),
+]
+
+
+@pytest.mark.parametrize("extra, flag, value", BAD_TRAIN, ids=[" ".join(c[0]) for c in BAD_TRAIN])
+def test_train_refuses_bad_value_before_any_work(capsys, folder, tmp_path, extra, flag, value):
+    out = tmp_path / "run"
+    line, _ = refused(capsys, ["train", "--data", folder, "--out", out, *SMALL_ARGS, *extra])
+    assert flag in line and value in line
+    assert not out.exists(), f"{extra}: {sorted(p.name for p in out.iterdir())} left in {out}"
+
+
+def test_train_validates_before_converting_weights(capsys, folder, tmp_path, cache):
+    """A Keras file would be converted into the cache; a bad value must stop the command first."""
+    keras_file = tmp_path / "vgg11.h5"
+    keras_file.write_bytes(b"not HDF5 at all")
+    out = tmp_path / "run"
+    line, _ = refused(
+        capsys, ["train", "--data", folder, "--out", out, *SMALL_ARGS, "--weights", keras_file, "--lr", "nan"]
+    )
+    assert "--lr" in line and "nan" in line
+    assert not out.exists() and not (cache / "converted").exists()
+
+
+def test_python_train_validates_before_touching_the_folder(folder, tmp_path):
+    from vgg_jax.train import train
+
+    out = tmp_path / "run"
+    with pytest.raises(UserError, match=r"--lr must be finite and > 0\. Received: nan"):
+        train(TrainConfig(data=str(folder), out=str(out), **{**SMALL, "lr": float("nan")}))
+    assert not out.exists()
+
+
+BAD_CONFIG = [
+    ("arch", "vgg15"),
+    ("optimizer", "rmsprop"),
+    ("schedule", "linear"),
+    ("resize", "zoom"),
+    ("top", "mean"),
+    ("dtype", "float16"),
+    ("freeze_through", "fc3"),
+    ("batch_size", 2.5),
+    ("batch_size", True),
+    ("lr", "0.1"),
+    ("widths", (8, 8, 16, 16, 16, 16)),
+    ("out", ""),
+]
+
+
+@pytest.mark.parametrize("field, value", BAD_CONFIG, ids=[f"{f}={v!r}" for f, v in BAD_CONFIG])
+def test_config_refuses_values_the_cli_cannot_send(folder, tmp_path, field, value):
+    cfg = TrainConfig(data=str(folder), out=str(tmp_path / "run"), **SMALL).replace(**{field: value})
+    with pytest.raises(UserError, match="--" + field.replace("_", "-")) as e:
+        cfg.validate()
+    assert "Received:" in str(e.value) and "\n" not in str(e.value)
+
+
+def test_valid_config_passes(folder, tmp_path):
+    TrainConfig(data=str(folder), out=str(tmp_path / "run"), **SMALL).validate()
+    TrainConfig(data=str(folder), out=str(tmp_path / "run")).validate()  # the recipe's defaults
+
+
+def test_train_out_is_a_file(capsys, folder, tmp_path):
+    out = tmp_path / "run"
+    out.write_text("not a folder")
+    line, _ = refused(capsys, ["train", "--data", folder, "--out", out, *SMALL_ARGS])
+    assert str(out) in line and "not a folder" in line
+    assert out.read_text() == "not a folder"
+
+
+def test_train_out_below_a_file(capsys, folder, tmp_path):
+    (tmp_path / "file").write_text("x")
+    out = tmp_path / "file" / "run"
+    line, _ = refused(capsys, ["train", "--data", folder, "--out", out, *SMALL_ARGS])
+    assert str(out) in line and "not a folder" in line
+
+
+def test_train_out_read_only(capsys, folder, readonly_dir):
+    out = readonly_dir / "run"
+    line, _ = refused(capsys, ["train", "--data", folder, "--out", out, *SMALL_ARGS])
+    assert str(out) in line and "read-only file system" in line
+
+
+def test_train_out_on_full_disk(capsys, folder, full_dir):
+    fill(full_dir)
+    out = full_dir / "run"
+    line, _ = refused(capsys, ["train", "--data", folder, "--out", out, *SMALL_ARGS])
+    assert str(out) in line and "no space left on device" in line
+    assert not out.exists()
+
+
+def test_evaluate_batch_size(capsys, tmp_path):
+    line, _ = refused(capsys, ["evaluate", tmp_path / "no-run", "--batch-size", "0"])
+    assert "--batch-size" in line and "Received: 0" in line
+
+
+@pytest.mark.parametrize(
+    "extra, flag, value",
+    [
+        (["--batch-size", "0"], "--batch-size", "0"),
+        (["--batch-size", "-2"], "--batch-size", "-2"),
+        (["--clip", "0.5"], "--clip", "0.5"),
+        (["--clip", "-0.1"], "--clip", "-0.1"),
+        (["--clip", "nan"], "--clip", "nan"),
+    ],
+)
+def test_predict_bad_value(capsys, run, folder, extra, flag, value):
+    line, out = refused(capsys, ["predict", run, folder / "test1", *extra])
+    assert flag in line and f"Received: {value}" in line
+    assert "checkpoint step" not in out
+
+
+def csv_targets(tmp_path, readonly_dir, full_dir) -> dict:
+    """Unwritable outputs and the words their message must hold."""
+    fill(full_dir)
+    (tmp_path / "file").write_text("x")
+    (tmp_path / "folder").mkdir()
+    return {
+        readonly_dir / "out.x": "read-only file system",
+        full_dir / "out.x": "no space left on device",
+        tmp_path / "file" / "out.x": "not a folder",
+        tmp_path / "folder": "is a folder; give a file name",
+        "/proc/vgg-jax-test/out.x": "cannot write",
+    }
+
+
+def test_predict_unwritable_csv_before_loading(capsys, run, folder, tmp_path, readonly_dir, full_dir):
+    for target, words in csv_targets(tmp_path, readonly_dir, full_dir).items():
+        line, out = refused(capsys, ["predict", run, folder / "test1", "--csv", target])
+        assert str(target) in line and "CSV" in line and words in line, (target, line)
+        assert "checkpoint step" not in out, f"{target}: the checkpoint was loaded before the CSV was checked"
+
+
+def test_export_unwritable_output_before_loading(capsys, run, tmp_path, readonly_dir, full_dir):
+    for target, words in csv_targets(tmp_path, readonly_dir, full_dir).items():
+        line, out = refused(capsys, ["export", run, "-o", target])
+        assert str(target) in line and "params file" in line and words in line, (target, line)
+        assert "checkpoint step" not in out, f"{target}: the checkpoint was loaded before the output was checked"
+
+
+def test_export_runs_out_of_space_while_writing(capsys, run, full_dir):
+    """Room for the up-front probe but not for the params: one line, and no temp file left (safetensors' own
+    writer would raise SafetensorError and leave a .tmpXXXX)."""
+    (full_dir / "ballast").write_bytes(b"\0" * 40 * 1024)
+    target = full_dir / "model.safetensors"
+    line, _ = refused(capsys, ["export", run, "-o", target])
+    assert str(target) in line and "no space left on device" in line
+    assert os.listdir(full_dir) == ["ballast"]
+
+
+def test_predict_creates_missing_csv_folders(capsys, run, folder, tmp_path):
+    target = tmp_path / "no" / "such" / "dir" / "submission.csv"
+    assert main(["predict", str(run), str(folder / "test1"), "--csv", str(target)]) == 0
+    with open(target, newline="") as f:
+        rows = list(csv.reader(f))
+    assert rows[0] == ["id", "label"] and len(rows) == 1 + TEST_IMAGES
+
+
+def test_classify_top(capsys, tmp_path):
+    line, _ = refused(capsys, ["classify", tmp_path / "x.jpg", "--weights", tmp_path / "w.safetensors", "--top", "0"])
+    assert "--top" in line and "Received: 0" in line
+
+
+def test_environmental_oserror_is_one_line(capsys, readonly_dir):
+    """demo creates its --out folder with a plain mkdir: EROFS reaches main(), which names the path."""
+    out = readonly_dir / "demo"
+    line, _ = refused(capsys, ["demo", "--out", out, "--offline"])
+    assert str(out) in line and "read-only file system" in line
+    assert os.listdir(readonly_dir) == []
