@@ -27,7 +27,11 @@ from vgg_jax.train import evaluate_batches
 def load_run(run_dir: str | Path, weights: str | None = None, which: str | int = "best"):
     """(config, class names, eval function, trainable, frozen) from a run folder's "best" or "latest" checkpoint, or a step."""
     info = rundir.read_run(run_dir)
-    cfg = TrainConfig.from_json(info["config"])
+    try:
+        cfg = TrainConfig.from_json(info["config"])
+        cfg.validate()
+    except (TypeError, UserError) as e:
+        raise UserError(f"{Path(run_dir) / rundir.RUN_FILE}: damaged configuration ({e})") from None
     resolved = resolve_weights(weights or info["weights"]["path"])
     if resolved.sha256 != info["weights"]["sha256"]:
         raise UserError(
