@@ -23,12 +23,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--kernels",
         choices=["theano", "tf"],
-        help="override the detected kernel convention (theano = stored flipped, for true convolution)",
+        help="override the kernel convention the file records or implies (theano = stored flipped, for true convolution)",
+    )
+    p.add_argument(
+        "--fc1-order",
+        choices=["chw", "hwc"],
+        help="override the fc1 row order the file records or implies (chw = a channels-first Flatten)",
     )
     p.add_argument(
         "--check",
         action="store_true",
-        help="parity self-check: our Flax model vs a float64 numpy forward over the source as stored (needs jax)",
+        help="self-check of the transforms: our Flax model vs a float64 numpy forward over the source as read, in the "
+        "conventions the report states; it does not check the layer mapping or the conventions (needs jax)",
     )
     top = p.add_mutually_exclusive_group()
     top.add_argument(
@@ -44,16 +50,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from convert import convert_file
     from convert.download import fetch
+    from vgg_jax.fileio import check_writable
 
     if bool(args.source) == bool(args.download):
         raise UserError("give either a SOURCE file or --download NAME")
     if args.download:
-        source = fetch(args.download)
         output = Path(args.output) if args.output else imagenet_params_path(args.download)
+        check_writable(output, "params file")  # before a 500 MB download
+        source = fetch(args.download)
     else:
         source = Path(args.source)
         output = Path(args.output) if args.output else source.with_name(source.name.split(".")[0] + ".safetensors")
-    report = convert_file(source, output, args.arch, args.include_top, args.kernels)
+    report = convert_file(source, output, args.arch, args.include_top, args.kernels, args.fc1_order)
     print(report)
     if args.check:
         import numpy as np
@@ -62,8 +70,8 @@ def run(args: argparse.Namespace) -> int:
         from vgg_jax import params_io
 
         images = np.random.default_rng(0).integers(0, 256, (2, 224, 224, 3), dtype=np.uint8)
-        rows = parity.check(source, params_io.load(output), images, kernels=args.kernels)
-        print("parity on 2 random images (Flax float32 vs float64 numpy over the source as stored):")
+        rows = parity.check(source, params_io.load(output), images, kernels=args.kernels, fc1_order=args.fc1_order)
+        print(f"transform check on 2 random images: {parity.HEADLINE}")
         print(parity.format_rows(rows))
         return 0 if all(r.ok for r in rows) else 1
     return 0

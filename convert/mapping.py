@@ -7,11 +7,14 @@ flatten order (h, w, c). See DESIGN.md "Canonical params layout" and REFERENCE.m
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Iterator
 
 import numpy as np
 
+from convert import conventions
+from convert.conventions import Convention
+from convert.guard import check_float
 from convert.source import Layer, Source, natural_key
 from vgg_jax import arch
 from vgg_jax.errors import UserError
@@ -27,15 +30,11 @@ class Plan:
     include_top: bool
     classes: int
     layout: str  # "hwio" (Keras >= 1 tf/channels_last) or "oihw" (Theano dim ordering)
-    kernels: str  # "tf" (correlation) or "theano" (true convolution: kernels stored flipped)
-    kernels_reason: str
+    kernels: Convention  # "tf" (correlation) or "theano" (true convolution: kernels stored flipped)
+    fc1: Convention | None  # fc1 row order, "hwc" (channels_last flatten) or "chw" (channels-first); None without top
     mapping: list[tuple[str, Layer]]  # (canonical layer name, source layer)
     dropped: list[str] = field(default_factory=list)
-
-    @property
-    def fc1_order(self) -> str:
-        """Row order of fc1: Theano dim ordering flattens (c, h, w); channels_last flattens (h, w, c)."""
-        return "chw" if self.layout == "oihw" else "hwc"
+    dtypes: list[str] = field(default_factory=list)  # storage dtypes of the mapped weights
 
     @property
     def shapes(self) -> dict[str, tuple[int, ...]]:
@@ -46,10 +45,15 @@ class Plan:
         steps = []
         if self.layout == "oihw":
             steps.append("conv kernels OIHW -> HWIO")
-        if self.kernels == "theano":
+        if self.kernels.value == "theano":
             steps.append("conv kernels rotated 180 degrees (Theano convolution -> correlation)")
-        if self.include_top and self.fc1_order == "chw":
+        if self.fc1 and self.fc1.value == "chw":
             steps.append("fc1 rows reordered (c,h,w) -> (h,w,c)")
+        for dtype in self.dtypes:
+            if dtype in ("float16", "bfloat16"):
+                steps.append(f"{dtype} weights widened to float32 (exact)")
+            elif dtype == "float64":
+                steps.append("float64 weights rounded to float32")
         if self.dropped:
             steps.append(f"dropped top layers {', '.join(self.dropped)}")
         return steps
@@ -60,8 +64,18 @@ def plan(
     want_arch: str | None = None,
     include_top: bool | None = None,
     kernels: str | None = None,
+    fc1_order: str | None = None,
+    official: str | None = None,
 ) -> Plan:
-    """Decides the mapping for `source`; raises UserError (naming the file) when it is not a usable VGG."""
+    """Decides the mapping for `source`; raises UserError (naming the file) when it is not a usable VGG.
+
+    `kernels` ("tf"/"theano") and `fc1_order` ("hwc"/"chw") override what the file records or implies;
+    `official` is the release file name when the source is an official Keras file (by md5).
+    """
+    if kernels not in (None, "tf", "theano"):
+        raise UserError(f"--kernels must be 'tf' or 'theano'. Received: {kernels!r}")
+    if fc1_order not in (None, "hwc", "chw"):
+        raise UserError(f"--fc1-order must be 'hwc' or 'chw'. Received: {fc1_order!r}")
     path = source.path
     convs = [l for l in source.layers if l.kind == "conv"]
     denses = [l for l in source.layers if l.kind == "dense"]
@@ -83,7 +97,7 @@ def plan(
     mapping = list(zip(conv_names, convs))
     dropped = []
     if has_top:
-        by_name = {l.name: l for l in denses}
+        by_name = {l.name.split("/")[-1]: l for l in denses}
         if set(by_name) == set(arch.TOP_LAYERS):
             denses = [by_name[n] for n in arch.TOP_LAYERS]
         elif source.format in ("keras3", "keras3-archive"):
@@ -94,12 +108,13 @@ def plan(
             dropped = list(arch.TOP_LAYERS)
     classes = denses[-1].shapes[0][1] if keep_top else 1000
 
-    if kernels is None:
-        kernels, reason = _detect_kernels(source, layout)
-    else:
-        reason = f"--kernels {kernels} (override)"
-    result = Plan(name, keep_top, classes, layout, kernels, reason, mapping, dropped)
+    conv_kind = conventions.kernel_convention(
+        source.format, source.backend, source.keras_version, layout, kernels, official
+    )
+    fc1 = conventions.fc1_order(path, source.config, layout, fc1_order, official) if keep_top else None
+    result = Plan(name, keep_top, classes, layout, conv_kind, fc1, mapping, dropped)
     _check_shapes(source, result)
+    result.dtypes = _check_dtypes(result)
     return result
 
 
@@ -126,9 +141,9 @@ def arrays(source: Source, p: Plan) -> Iterator[tuple[str, np.ndarray]]:
         if layer.kind == "conv":
             if p.layout == "oihw":
                 kernel = oihw_to_hwio(kernel)
-            if p.kernels == "theano":
+            if p.kernels.value == "theano":
                 kernel = rotate_180(kernel)
-        elif name == "fc1" and p.fc1_order == "chw":
+        elif name == "fc1" and p.fc1.value == "chw":
             kernel = fc1_rows_chw_to_hwc(kernel)
         yield f"{name}/kernel", np.ascontiguousarray(kernel, dtype=np.float32)
         yield f"{name}/bias", layer.read(1)
@@ -219,14 +234,15 @@ def _wrong_arch(path, detected: str, count: int, wanted: str) -> UserError:
     )
 
 
-def _detect_kernels(source: Source, layout: str) -> tuple[str, str]:
-    if source.format == "keras0":
-        return "theano", "Keras 0.x file (Theano era, e.g. the recipe's vgg16_th.h5)"
-    if source.backend == "theano":
-        return "theano", "saved by the Theano backend"
-    if layout == "oihw":
-        return "theano", "Theano dim ordering (O,I,H,W kernels), as in *_th_dim_ordering_th_kernels.h5"
-    return "tf", f"{'backend ' + source.backend if source.backend else 'channels_last kernels'} (correlation)"
+def _check_dtypes(p: Plan) -> list[str]:
+    """The distinct storage dtypes of the mapped weights, checked before any array is read (DatasetError:
+    open_source names the file)."""
+    dtypes: list[str] = []
+    for _, layer in p.mapping:
+        for dataset in layer.datasets:
+            if (dtype := check_float(dataset)) not in dtypes:
+                dtypes.append(dtype)
+    return dtypes
 
 
 def _check_shapes(source: Source, p: Plan) -> None:

@@ -1,5 +1,9 @@
-"""Parity self-check of a conversion: our Flax model (float32) against a float64 numpy forward that
-reads the source file's arrays exactly as stored, in the source's own convention."""
+"""Self-check of a conversion's transforms: our Flax model (float32) against a float64 numpy forward over the
+source file's arrays as read, in the conventions the converter took for it (kernel convention, fc1 row order).
+
+It checks that the transforms (layout change, 180-degree flip, fc1 row reorder) were applied right for those
+conventions. It cannot check the conventions themselves, nor the layer mapping: both come from the
+converter's own reading of the file. Parity with Keras itself is what tests/test_parity_keras.py checks."""
 
 from __future__ import annotations
 
@@ -13,6 +17,10 @@ from convert.source import open_source
 from vgg_jax import arch
 
 TOLERANCE = 1e-4
+HEADLINE = (
+    "Flax float32 vs a float64 numpy forward over the source as read, in the conventions above; "
+    "it checks the transforms, not the layer mapping or the conventions"
+)
 
 
 @dataclass
@@ -33,7 +41,11 @@ def rel_error(got, want) -> float:
 
 
 def check(
-    source_path: str | os.PathLike, params: dict, images: np.ndarray, kernels: str | None = None
+    source_path: str | os.PathLike,
+    params: dict,
+    images: np.ndarray,
+    kernels: str | None = None,
+    fc1_order: str | None = None,
 ) -> list[ParityRow]:
     """Logits (if the file has a top) and block5_pool features of `images` (uint8 [N, 224, 224, 3])."""
     import jax
@@ -43,27 +55,36 @@ def check(
     from vgg_jax.preprocess import preprocess_input
 
     with open_source(source_path) as source:
-        p = mapping.plan(source, kernels=kernels)
+        p = mapping.plan(source, kernels=kernels, fc1_order=fc1_order)
         raw = [(layer.read(0), layer.read(1)) for _, layer in p.mapping]
     depths = arch.DEPTHS[p.arch]
     n_conv = sum(depths)
     convs, denses = raw[:n_conv], raw[n_conv:]
-    true_conv = p.kernels == "theano"
     rows = []
     features = VGG(depths=depths, include_top=False)
     got = jax.jit(lambda prm, x: features.apply({"params": prm}, preprocess_input(x)))(params, images)
-    want = reference.forward(convs, [], depths, images, p.layout, true_conv)
+    want = reference.forward(convs, [], depths, images, p.layout, p.kernels.value == "theano")
     rows.append(ParityRow("block5_pool features", tuple(got.shape), rel_error(got, want)))
     if p.include_top:
         model = VGG(depths=depths, classes=p.classes, classifier_activation=None)
         got = jax.jit(lambda prm, x: model.apply({"params": prm}, preprocess_input(x)))(params, images)
-        want = reference.forward(convs, denses, depths, images, p.layout, true_conv)
-        rows.append(ParityRow("logits", tuple(got.shape), rel_error(got, want)))
+        rows.append(ParityRow("logits", tuple(got.shape), rel_error(got, _top(want, denses, p.fc1.value))))
     return rows
+
+
+def _top(features: np.ndarray, denses: list[tuple[np.ndarray, np.ndarray]], fc1_order: str) -> np.ndarray:
+    """fc1, fc2, predictions in float64 over NHWC features flattened in the file's fc1 row order."""
+    x = features.transpose(0, 3, 1, 2) if fc1_order == "chw" else features
+    x = x.reshape(x.shape[0], -1)
+    for i, (kernel, bias) in enumerate(denses):
+        x = x @ np.asarray(kernel, np.float64) + np.asarray(bias, np.float64)
+        if i < len(denses) - 1:
+            x = np.maximum(x, 0)
+    return x
 
 
 def format_rows(rows: list[ParityRow]) -> str:
     lines = [f"  {'output':<22} {'shape':<18} {'max rel error':>13}   tolerance {TOLERANCE:g}"]
     for r in rows:
-        lines.append(f"  {r.output:<22} {str(list(r.shape)):<18} {r.rel_error:>13.2e}   {'ok' if r.ok else 'FAIL'}")
+        lines.append(f"  {r.output:<22} {list(r.shape)!s:<18} {r.rel_error:>13.2e}   {'ok' if r.ok else 'FAIL'}")
     return "\n".join(lines)

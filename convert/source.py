@@ -8,18 +8,20 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
-import tempfile
 import zipfile
+from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import h5py
 import numpy as np
 
+from convert.archive import Archive, open_archive
+from convert.conventions import data_format
+from convert.guard import DatasetError, decode, first_line, read_array, refuse_other_files
 from vgg_jax.errors import UserError
+from vgg_jax.fileio import os_reason
 
 HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 
@@ -57,82 +59,102 @@ class Layer:
 
 @dataclass
 class Source:
-    """A Keras weights file: its format, its weighted layers in network order and its attributes."""
+    """A Keras weights file: its format, its weighted layers in network order and what it records about itself."""
 
     path: Path
     format: str
     layers: list[Layer]
     backend: str | None = None
     keras_version: str | None = None
-    notes: list[str] = field(default_factory=list)
+    config: dict | None = None  # the model config (model_config attribute or config.json), when the file has one
+    names_from: str = "layer_names"  # where layer names came from: layer_names, config.json, name attributes, order
 
     @property
     def description(self) -> str:
         extra = [f"keras {self.keras_version}"] if self.keras_version else []
         extra += [f"backend {self.backend}"] if self.backend else []
+        extra += [f"data_format {fmt}"] if (fmt := data_format(self.config)) else []
         return FORMATS[self.format] + (f" [{', '.join(extra)}]" if extra else "")
-
-
-def read_array(dataset: h5py.Dataset) -> np.ndarray:
-    """A dataset as a float32 array; Keras 3 stores bfloat16 as uint16 with attr dtype='bfloat16'."""
-    array = dataset[()]
-    if _decode(dataset.attrs.get("dtype")) == "bfloat16":
-        array = (array.astype(np.uint32) << 16).view(np.float32)
-    return np.asarray(array, dtype=np.float32)
 
 
 @contextmanager
 def open_source(path: str | Path) -> Iterator[Source]:
-    """Detects the format of `path` and yields its layers; raises UserError naming the file."""
+    """Detects the format of `path` and yields its layers; raises UserError naming the file.
+
+    Before any array is read, the file is checked not to read other files (external links, external storage,
+    virtual datasets) and, for .keras archives, its zip directory is checked against a size cap.
+    """
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: no such file")
     if path.stat().st_size == 0:
         raise UserError(f"{path}: empty file (0 bytes); the download or copy probably failed")
+    try:
+        with open(path, "rb") as f:
+            head = f.read(8)
+    except OSError as e:
+        raise UserError(f"{path}: cannot read ({os_reason(e)})") from None
     with ExitStack() as stack:
-        h5_path, fmt = path, None
-        if zipfile.is_zipfile(path):
-            h5_path = stack.enter_context(_extract_keras_archive(path))
-            fmt = "keras3-archive"
-        else:
-            with open(path, "rb") as f:
-                head = f.read(8)
-            if head != HDF5_SIGNATURE and not h5py.is_hdf5(path):
-                raise UserError(
-                    f"{path}: not an HDF5 file (starts with {head!r}); expected a Keras .h5, .weights.h5 or .keras file"
-                )
+        h5_file, archive = path, None
+        if head != HDF5_SIGNATURE and zipfile.is_zipfile(path):
+            archive = stack.enter_context(open_archive(path))
+            h5_file = archive.weights
+        elif head.startswith(b"PK"):
+            raise UserError(f"{path}: truncated or corrupt zip (.keras) archive: no zip directory at its end")
+        elif head != HDF5_SIGNATURE and not h5py.is_hdf5(path):
+            raise UserError(
+                f"{path}: not an HDF5 file (starts with {head!r}); expected a Keras .h5, .weights.h5 or .keras file"
+            )
         try:
-            f = stack.enter_context(h5py.File(h5_path, "r"))
-        except OSError as e:
-            raise UserError(f"{path}: truncated or corrupt HDF5 file ({_first_line(e)})") from None
+            f = stack.enter_context(h5py.File(h5_file, "r"))
+        except (OSError, ValueError) as e:
+            raise UserError(f"{path}: truncated or corrupt HDF5 file ({first_line(e)})") from None
         try:
-            source = _read_layers(path, f, fmt)
+            refuse_other_files(path, f)
+            source = _read_layers(path, f, archive)
         except (KeyError, OSError, ValueError) as e:
-            raise UserError(f"{path}: unreadable Keras weights ({_first_line(e)}); the file may be truncated") from None
-        yield source
+            raise UserError(f"{path}: unreadable Keras weights ({first_line(e)}); the file may be truncated") from None
+        try:
+            yield source
+        except DatasetError as e:
+            raise UserError(f"{path}: {e}") from None
 
 
-def _read_layers(path: Path, f: h5py.File, fmt: str | None) -> Source:
+def _read_layers(path: Path, f: h5py.File, archive: Archive | None) -> Source:
+    config = _model_config(f)
     if "nb_layers" in f.attrs:
-        return Source(path, "keras0", _keras0_layers(f))
+        return Source(path, "keras0", _keras0_layers(f), names_from="order")
     if "model_weights" in f:
         g = f["model_weights"]
         return Source(
             path,
-            fmt or "keras2-model",
+            "keras2-model",
             _named_layers(g),
-            _decode(g.attrs.get("backend")),
-            _decode(g.attrs.get("keras_version")),
+            decode(g.attrs.get("backend")) or decode(f.attrs.get("backend")),
+            decode(g.attrs.get("keras_version")) or decode(f.attrs.get("keras_version")),
+            config,
         )
     if _has_attr_list(f.attrs, "layer_names"):
-        version = _decode(f.attrs.get("keras_version"))
-        return Source(
-            path, fmt or ("keras2" if version else "keras1"), _named_layers(f), _decode(f.attrs.get("backend")), version
-        )
+        version = decode(f.attrs.get("keras_version"))
+        fmt = "keras2" if version else "keras1"
+        return Source(path, fmt, _named_layers(f), decode(f.attrs.get("backend")), version, config)
     if "layers" in f:
-        return Source(path, fmt or "keras3", _keras3_layers(f))
+        config = archive.config if archive else None
+        version = (archive.metadata or {}).get("keras_version") if archive else None
+        layers, names_from = _keras3_layers(f, config)
+        fmt = "keras3-archive" if archive else "keras3"
+        return Source(path, fmt, layers, None, str(version) if version else None, config, names_from)
     groups = ", ".join(list(f.keys())[:6]) or "none"
     raise UserError(f"{path}: HDF5 file holds no Keras weights (top-level groups: {groups})")
+
+
+def _model_config(f: h5py.File) -> dict | None:
+    """The `model_config` attribute of a Keras 1/2/3-legacy model.save file, parsed; None if absent or damaged."""
+    try:
+        value = json.loads(decode(f.attrs.get("model_config")) or "null")
+    except (ValueError, RecursionError):
+        return None
+    return value if isinstance(value, dict) else None
 
 
 def _keras0_layers(f: h5py.File) -> list[Layer]:
@@ -156,12 +178,13 @@ def _named_layers(g: h5py.Group) -> list[Layer]:
     return layers
 
 
-def _keras3_layers(f: h5py.File) -> list[Layer]:
-    """Keras 3: every `.../vars` group holds one layer's variables as datasets 0, 1, ...
+def _keras3_layers(f: h5py.File, config: dict | None) -> tuple[list[Layer], str]:
+    """Keras 3: every `.../vars` group holds one layer's variables as datasets 0, 1, ...; also where names came from.
 
-    Groups are named by class and creation order (conv2d, conv2d_1, ..., conv2d_12), not by
-    layer name, so natural sorting of the paths restores network order within each class.
-    Recent Keras 3 also stores the layer name as the `name` attribute of `vars`; we use it when present.
+    Groups are named by class and position (conv2d, conv2d_1, ..., conv2d_12), not by layer name, so natural
+    sorting of the paths restores network order within each class. Names come from a .keras archive's
+    config.json (its layer list gives each group's layer), else from the `name` attribute recent Keras 3
+    writes on `vars`, else the paths stay the names and the mapper goes by order.
     """
     found: list[tuple[str, h5py.Group]] = []
 
@@ -171,39 +194,50 @@ def _keras3_layers(f: h5py.File) -> list[Layer]:
             found.append((name[: -len("/vars")], obj))
 
     f.visititems(visit)
-    layers = []
-    for name, vars_group in sorted(found, key=lambda item: natural_key(item[0])):
-        keys = sorted(vars_group.keys(), key=int)
-        layer_name = _decode(vars_group.attrs.get("name")) or name
-        layers.append(Layer(layer_name, [vars_group[k] for k in keys], path=name))
-    return layers
+    found.sort(key=lambda item: natural_key(item[0]))
+    by_config = keras3_paths(config) if config else {}
+    attrs = {name: decode(vars_group.attrs.get("name")) for name, vars_group in found}
+    if found and all(name in by_config for name, _ in found):
+        names, names_from = by_config, "config.json"
+    elif found and all(attrs.values()):
+        names, names_from = attrs, "name attributes"
+    else:
+        names, names_from = {}, "order"
+    layers = [
+        Layer(names.get(name) or name, [vars_group[k] for k in sorted(vars_group.keys(), key=int)], path=name)
+        for name, vars_group in found
+    ]
+    return layers, names_from
 
 
-@contextmanager
-def _extract_keras_archive(path: Path) -> Iterator[Path]:
-    """A .keras zip: extract model.weights.h5 to a temp dir (h5py needs a seekable file)."""
-    with zipfile.ZipFile(path) as zf:
-        names = zf.namelist()
-        if "model.weights.h5" not in names:
-            raise UserError(f"{path}: .keras archive without model.weights.h5 (holds: {', '.join(names[:6])})")
-        tmp = tempfile.mkdtemp(prefix="vgg-jax-keras-")
-        try:
-            try:
-                target = Path(zf.extract("model.weights.h5", tmp))
-            except (zipfile.BadZipFile, OSError, EOFError) as e:
-                raise UserError(f"{path}: corrupt .keras archive ({_first_line(e)})") from None
-            yield target
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+def keras3_paths(config: dict) -> dict[str, str]:
+    """{"layers/conv2d_3": "block2_conv2", ...} from a Keras 3 model config, following Keras' own naming of
+    saved list items: the snake_case class name, then _1, _2, ... per class (saving_lib._get_unique_name)."""
+    paths: dict[str, str] = {}
+
+    def walk(layers: list, prefix: str) -> None:
+        used: dict[str, int] = {}
+        for layer in layers:
+            if not isinstance(layer, dict):
+                continue
+            inner = layer.get("config") if isinstance(layer.get("config"), dict) else {}
+            key = _snake_case(str(layer.get("class_name", "")))
+            used[key] = used.get(key, -1) + 1
+            path = f"{prefix}layers/{key}" + (f"_{used[key]}" if used[key] else "")
+            paths[path] = str(inner.get("name") or layer.get("name") or path)
+            if isinstance(inner.get("layers"), list):
+                walk(inner["layers"], path + "/")
+
+    model = config.get("config") if isinstance(config.get("config"), dict) else {}
+    walk(model.get("layers") if isinstance(model.get("layers"), list) else [], "")
+    return paths
 
 
-def archive_config(path: Path) -> dict | None:
-    """The model config.json of a .keras archive, if any (used only for the report)."""
-    try:
-        with zipfile.ZipFile(path) as zf:
-            return json.loads(zf.read("config.json"))
-    except (KeyError, zipfile.BadZipFile, ValueError):
-        return None
+def _snake_case(name: str) -> str:
+    """Keras' naming.to_snake_case: 'Conv2D' -> 'conv2d', 'MaxPooling2D' -> 'max_pooling2d'."""
+    name = re.sub(r"\W+", "", name)
+    name = re.sub("(.)([A-Z][a-z]+)", r"\1_\2", name)
+    return re.sub("([a-z])([A-Z])", r"\1_\2", name).lower()
 
 
 def natural_key(text: str) -> list:
@@ -224,17 +258,4 @@ def _attr_list(attrs, name: str) -> list[str]:
         while f"{name}{i}" in attrs:
             values.extend(attrs[f"{name}{i}"])
             i += 1
-    return [_decode(v) for v in np.atleast_1d(values)] if np.size(values) else []
-
-
-def _decode(value) -> str | None:
-    if value is None:
-        return None
-    if isinstance(value, np.ndarray) and value.shape == ():
-        value = value[()]
-    return value.decode("utf8") if isinstance(value, bytes) else str(value)
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return text[0] if text else type(e).__name__
+    return [decode(v) for v in np.atleast_1d(values)] if np.size(values) else []

@@ -17,7 +17,11 @@ from convert.source import open_source
 
 def run_convert(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "vgg_jax", "convert", *map(str, args)], capture_output=True, text=True, timeout=120
+        [sys.executable, "-m", "vgg_jax", "convert", *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
     )
 
 
@@ -144,6 +148,7 @@ def test_notop_params_in_classify(notop_h5, tmp_path, out):
     Image.fromarray(np.zeros((50, 60, 3), np.uint8)).save(image)
     result = subprocess.run(
         [sys.executable, "-m", "vgg_jax", "classify", str(image), "--weights", str(params)],
+        check=False,
         capture_output=True,
         text=True,
         timeout=300,
@@ -155,22 +160,6 @@ def test_notop_params_in_classify(notop_h5, tmp_path, out):
 
 def test_missing_source(tmp_path, out):
     assert_clean_failure(run_convert(tmp_path / "nope.h5", "-o", out / "x.safetensors"), out, "nope.h5", "no such file")
-
-
-def test_failed_write_leaves_no_partial_file(notop_h5, tmp_path, monkeypatch):
-    """A failure while writing (here: the disk 'fills up') leaves neither the output nor a temp file."""
-    import safetensors.numpy
-
-    from convert import convert_file
-
-    def full_disk(tensors, filename, metadata=None):
-        Path(filename).write_bytes(b"partial")
-        raise OSError(28, "No space left on device")
-
-    monkeypatch.setattr(safetensors.numpy, "save_file", full_disk)
-    with pytest.raises(OSError):
-        convert_file(notop_h5, tmp_path / "x.safetensors")
-    assert list(tmp_path.iterdir()) == []
 
 
 def test_open_source_reads_layers_lazily(notop_h5):

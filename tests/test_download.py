@@ -4,24 +4,33 @@ from __future__ import annotations
 
 import hashlib
 import http.server
+import os
+import signal
+import socket
+import struct
 import subprocess
 import sys
 import threading
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from convert import download
 from vgg_jax import cli, params_io
+from vgg_jax.fileio import TEMP_PREFIX
 
 NOTOP = download.OFFICIAL["vgg16-notop"]
 
 
 class Server:
-    """Serves `root` on a free port and counts the requests it answered."""
+    """Serves `root` on a free port and counts the requests it answered. With `cut_at`, it announces the whole
+    file's Content-Length but sends only `cut_at` bytes, then closes (or, with `reset`, aborts) the connection."""
 
     def __init__(self, root: Path):
         self.requests = 0
+        self.cut_at: int | None = None
+        self.reset = False
         outer = self
 
         class Handler(http.server.SimpleHTTPRequestHandler):
@@ -30,7 +39,17 @@ class Server:
 
             def do_GET(self):
                 outer.requests += 1
-                super().do_GET()
+                if outer.cut_at is None:
+                    return super().do_GET()
+                body = (root / self.path.lstrip("/")).read_bytes()
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body[: outer.cut_at])
+                self.wfile.flush()
+                if outer.reset:  # RST instead of FIN: the client sees "connection reset by peer"
+                    self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                self.close_connection = True
 
             def log_message(self, *args):
                 pass
@@ -56,8 +75,11 @@ def mirror(tmp_path, monkeypatch):
     server.close()
 
 
-def run_cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "vgg_jax", *args], capture_output=True, text=True, timeout=120)
+def run_cli(*args: str, **env: str) -> subprocess.CompletedProcess:
+    full_env = {k: v for k, v in os.environ.items() if k != "VGG_JAX_FAULT"} | env
+    return subprocess.run(
+        [sys.executable, "-m", "vgg_jax", *args], capture_output=True, text=True, timeout=120, env=full_env, check=False
+    )
 
 
 def error_line(result: subprocess.CompletedProcess) -> str:
@@ -110,9 +132,42 @@ def test_download_checks_caches_and_converts(mirror, vgg16, tmp_path, monkeypatc
 
 def test_keras_cache_is_reused(mirror, vgg16, tmp_path, monkeypatch):
     """A user coming from Keras already has the file in ~/.keras/models: no download."""
-    root, server = mirror
+    _, server = mirror
     keras_copy = tmp_path / "keras_home" / "models" / NOTOP.filename
     keras_copy.parent.mkdir(parents=True)
     vgg16.notop.save(str(keras_copy))
     release = download.Release(NOTOP.path, download.md5(keras_copy))
     assert download.fetch("vgg16-notop", release=release) == keras_copy and server.requests == 0
+
+
+@pytest.mark.parametrize("reset", [False, True], ids=["closed", "reset"])
+def test_truncated_download_says_so_before_any_md5(mirror, tmp_path, reset):
+    """The server promises 3 MiB and stops after 1 MiB + 5 bytes: "truncated (got N of M bytes)", no md5 talk."""
+    root, server = mirror
+    payload = np.random.default_rng(6).bytes(3 << 20)
+    (root / NOTOP.path).write_bytes(payload)
+    server.cut_at, server.reset = (1 << 20) + 5, reset
+    line = error_line(run_cli("convert", "--download", "vgg16-notop"))
+    assert "download truncated (got " in line and f" of {len(payload):,} bytes" in line and "md5" not in line, line
+    if not reset:  # a clean close delivers every byte sent; a reset may drop some in flight
+        assert f"(got {(1 << 20) + 5:,} of {len(payload):,} bytes)" in line, line
+    assert not any((tmp_path / "cache").rglob("*.h5*")) and not temps(tmp_path / "cache" / "keras")
+
+
+def temps(folder: Path) -> list[Path]:
+    return [p for p in folder.iterdir() if p.name.startswith(TEMP_PREFIX)] if folder.exists() else []
+
+
+def test_killed_download_leaves_nothing_after_the_next_run(mirror, tmp_path):
+    """A download killed mid-transfer leaves only a temp name of ours; the next fetch removes it and completes."""
+    root, _ = mirror
+    payload = np.random.default_rng(7).bytes(3 << 20)
+    (root / NOTOP.path).write_bytes(payload)
+    killed = run_cli("convert", "--download", "vgg16-notop", VGG_JAX_FAULT="download-write")
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    keras_cache = tmp_path / "cache" / "keras"
+    left = temps(keras_cache)
+    assert len(left) == 1 and left[0].stat().st_size == 1 << 20, left  # one block written, then the kill
+    release = download.Release(NOTOP.path, hashlib.md5(payload).hexdigest())
+    assert download.fetch("vgg16-notop", release=release).read_bytes() == payload
+    assert sorted(p.name for p in keras_cache.iterdir()) == [NOTOP.filename]

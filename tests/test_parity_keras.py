@@ -47,6 +47,7 @@ KERAS3_WRITERS = {
 
 
 def check(ref: KerasReference, path, tmp_path, images, include_top: bool, want_logits=None, want_features=None):
+    """Converts `path` and compares our logits and no-top features with Keras'; returns the conversion report."""
     out = tmp_path / "params.safetensors"
     report = convert_file(path, out)
     assert (report.architecture, report.include_top) == (ref.name, include_top)
@@ -55,6 +56,7 @@ def check(ref: KerasReference, path, tmp_path, images, include_top: bool, want_l
         assert err <= TOLERANCE, f"logits rel error {err:.2e}"
     err = rel_error(ours(out, ref.name, False, images), ref.features if want_features is None else want_features)
     assert err <= TOLERANCE, f"features rel error {err:.2e}"
+    return report
 
 
 @pytest.mark.parametrize("fmt", list(KERAS3_WRITERS))
@@ -99,3 +101,115 @@ def test_vgg19_tf_keras_and_notop(vgg19, tmp_path, images):
     check(vgg19, tmp_path / "keras2.h5", tmp_path, images, include_top=True)
     vgg19.notop.save_weights(str(tmp_path / "notop.weights.h5"))
     check(vgg19, tmp_path / "notop.weights.h5", tmp_path, images, include_top=False)
+
+
+def _strip_names(f) -> None:
+    """Deletes the `name` attribute Keras 3 writes on each layer's vars group (older Keras 3 did not)."""
+    f.visititems(lambda name, obj: obj.attrs.__delitem__("name") if "name" in obj.attrs else None)
+
+
+@pytest.mark.parametrize("fmt, names_from", [("keras3 .weights.h5", "order"), ("keras3 .keras", "config.json")])
+def test_vgg16_keras3_without_name_attributes(vgg16, fmt, names_from, tmp_path, images):
+    """Without the per-layer `name` attributes a .weights.h5 is mapped by class and order (five 512->512 convs
+    share one shape, so only the order tells them apart) and a .keras archive by its config.json."""
+    import zipfile
+
+    import h5py
+
+    filename, write = KERAS3_WRITERS[fmt]
+    path = tmp_path / filename
+    write(vgg16.full, str(path))
+    if fmt == "keras3 .keras":
+        weights = tmp_path / "model.weights.h5"
+        with zipfile.ZipFile(path) as zf:
+            members = {name: zf.read(name) for name in zf.namelist()}
+        weights.write_bytes(members.pop("model.weights.h5"))
+        with h5py.File(weights, "r+") as f:
+            _strip_names(f)
+        with zipfile.ZipFile(path, "w") as zf:
+            for name, data in members.items():
+                zf.writestr(name, data)
+            zf.write(weights, "model.weights.h5")
+    else:
+        with h5py.File(path, "r+") as f:
+            _strip_names(f)
+    report = check(vgg16, path, tmp_path, images, include_top=True)
+    assert report.names_from == names_from, str(report)
+
+
+def test_vgg16_keras3_channels_first(vgg16, tmp_path, images):
+    """A channels_first Keras 3 VGG16: HWIO kernels, and a Flatten(data_format='channels_first') that reorders
+    to (h,w,c), which the .keras config records; Keras' own outputs on NCHW input are the reference."""
+    import keras
+
+    keras.config.set_image_data_format("channels_first")
+    try:
+        model = keras.applications.VGG16(weights=None, input_shape=(3, 224, 224), classifier_activation=None)
+    finally:
+        keras.config.set_image_data_format("channels_last")
+    copy_weights(vgg16.full, model)
+    nchw = images.astype(np.float32).transpose(0, 3, 1, 2)
+    want = model.predict(keras.applications.vgg16.preprocess_input(nchw, data_format="channels_first"), verbose=0)
+    model.save(str(tmp_path / "cf.keras"))
+    report = check(vgg16, tmp_path / "cf.keras", tmp_path, images, include_top=True, want_logits=want)
+    assert (report.fc1.value, report.fc1.source) == ("hwc", "recorded") and "channels_first" in report.format
+
+
+@pytest.fixture
+def keras20_channels_first(vgg16, tmp_path):
+    """A Keras 2.0-style channels_first model.save file: HWIO kernels (Keras 2 keeps them so in any data_format),
+    a Flatten without data_format (added in Keras 2.1), so fc1 rows in (c,h,w) order. Written from Keras 3's
+    legacy .h5 by editing its config and fc1 the way Keras 2.0 had them: the function is unchanged."""
+    import json
+
+    import h5py
+
+    from convert.legacy import fc1_to_chw
+
+    path = tmp_path / "keras20_cf.h5"
+    vgg16.full.save(str(path))
+    with h5py.File(path, "r+") as f:
+        config = json.loads(f.attrs["model_config"])
+        for layer in config["config"]["layers"]:
+            if layer["class_name"] == "Flatten":
+                del layer["config"]["data_format"]
+            elif "data_format" in layer["config"]:
+                layer["config"]["data_format"] = "channels_first"
+        f.attrs["model_config"] = json.dumps(config)
+        for group in (f, f["model_weights"]):
+            group.attrs["keras_version"], group.attrs["backend"] = "2.0.8", "tensorflow"
+        kernel = f["model_weights/fc1/fc1/kernel"]
+        rows = fc1_to_chw(kernel[()])
+        del f["model_weights/fc1/fc1/kernel"]
+        f["model_weights/fc1/fc1/kernel"] = rows
+    return path
+
+
+def test_fc1_order_recorded_in_a_keras20_channels_first_file(vgg16, keras20_channels_first, tmp_path, images):
+    report = check(vgg16, keras20_channels_first, tmp_path, images, include_top=True)
+    assert (report.kernels.source, report.fc1.value, report.fc1.source) == ("recorded", "chw", "recorded"), str(report)
+    assert "fc1 rows reordered (c,h,w) -> (h,w,c)" in report.transforms and "warning" not in str(report)
+
+
+def test_fc1_order_inferred_without_a_config_is_flagged_and_overridable(
+    vgg16, keras20_channels_first, tmp_path, images
+):
+    """Without its model config the same file's fc1 order can only be guessed from the (H,W,I,O) kernels: the
+    guess (h,w,c) is wrong here, the report says it guessed, `--check` cannot tell (it checks the transforms
+    for the conventions taken), and --fc1-order chw fixes it."""
+    import h5py
+
+    from convert import parity
+    from vgg_jax import params_io
+
+    with h5py.File(keras20_channels_first, "r+") as f:
+        del f.attrs["model_config"]
+    guessed = tmp_path / "guessed.safetensors"
+    report = convert_file(keras20_channels_first, guessed)
+    assert (report.fc1.value, report.fc1.source) == ("hwc", "inferred")
+    assert "warning       fc1 row order inferred" in str(report) and "--fc1-order chw" in str(report), str(report)
+    assert rel_error(ours(guessed, "vgg16", True, images), vgg16.logits) > 1e-2
+    assert all(row.ok for row in parity.check(keras20_channels_first, params_io.load(guessed), images))
+    fixed = tmp_path / "fixed.safetensors"
+    assert convert_file(keras20_channels_first, fixed, fc1_order="chw").fc1.source == "override"
+    assert rel_error(ours(fixed, "vgg16", True, images), vgg16.logits) <= TOLERANCE

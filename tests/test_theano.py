@@ -82,7 +82,7 @@ def test_theano_files_match_keras(vgg16, images, tmp_path, writer, fmt):
     path = tmp_path / "vgg16_th.h5"
     writer(path, canonical_params(vgg16.full))
     report = convert_file(path, tmp_path / "out.safetensors")
-    assert report.format.startswith(fmt) and report.kernels == "theano"
+    assert report.format.startswith(fmt) and report.kernels.value == "theano"
     assert any("180" in t for t in report.transforms) and any("fc1 rows" in t for t in report.transforms)
     err = rel_error(ours(tmp_path / "out.safetensors", "vgg16", True, images), vgg16.logits)
     assert err <= 1e-4, f"logits rel error {err:.2e}"
@@ -102,7 +102,7 @@ def test_kernels_override_changes_the_result(vgg16, images, tmp_path):
     path = tmp_path / "vgg16_th.h5"
     legacy.write_keras0(path, canonical_params(vgg16.full))
     report = convert_file(path, tmp_path / "wrong.safetensors", kernels="tf")
-    assert "override" in report.kernels_reason
+    assert report.kernels.source == "override"
     assert rel_error(ours(tmp_path / "wrong.safetensors", "vgg16", True, images), vgg16.logits) > 1e-2
 
 
@@ -130,6 +130,6 @@ def test_convert_check_flag_runs_parity(tmp_path):
     src = tmp_path / "vgg11_th.h5"
     legacy.write_keras1(src, legacy.random_params(depths=arch.DEPTHS["vgg11"], seed=2), "th")
     cmd = [sys.executable, "-m", "vgg_jax", "convert", str(src), "-o", str(tmp_path / "o.safetensors"), "--check"]
-    result = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=False)
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.count("   ok") == 2 and "VGG11" in result.stdout

@@ -16,6 +16,7 @@ import numpy as np
 
 from vgg_jax.arch import DEPTHS
 from vgg_jax.errors import UserError
+from vgg_jax.faults import maybe_kill
 from vgg_jax.fileio import atomic_path
 
 FORMAT = "vgg-jax-params/1"
@@ -70,6 +71,8 @@ def save(path: str | os.PathLike, params: Mapping[str, Any], metadata: Mapping[s
         f.write(struct.pack("<Q", len(raw)) + raw)
         for name in sorted(flat):
             f.write(memoryview(flat[name]).cast("B"))
+            f.flush()
+            maybe_kill("params-write")
 
 
 def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
