@@ -64,7 +64,7 @@ BROKEN = {
     "dogs/notes.jpg": (b"these are my notes, not a photo\n" * 20, "not an image"),
     "dogs/page.png": (b"<html><body>404 Not Found</body></html>", "not an image"),
     "dogs/mono.bmp": (encode(solid(1, mode="1"), "BMP"), "unsupported BMP (1-bit)"),
-    "dogs/tiff.jpg": (encode(solid((1, 1, 1)), "TIFF"), "not an image"),
+    "dogs/tiff.jpg": (encode(solid((1, 1, 1)), "TIFF"), "unsupported format: TIFF"),
 }
 
 

@@ -214,3 +214,21 @@ def test_train_into_an_unwritable_place_is_one_line(folder, where, request, caps
     assert rc == 2
     assert ("read-only file system" if where == "readonly_dir" else "no space left on device") in line, line
     assert not list(place.iterdir()), "a failed start left files behind"
+
+
+def test_predict_gives_every_file_one_row_with_a_unique_id(trained, tmp_path):
+    """one.jpg and one.png keep their extensions as ids; an unreadable file still gets its (unique) row."""
+    from PIL import Image
+
+    images = tmp_path / "test1"
+    images.mkdir()
+    rng = np.random.default_rng(5)
+    for name in ("one.jpg", "one.png", "2.jpg"):
+        Image.fromarray(rng.integers(0, 256, (40, 32, 3), dtype=np.uint8)).save(images / name)
+    (images / "3.jpg").write_bytes(b"")  # zero bytes: unreadable
+    out = tmp_path / "sub.csv"
+    assert main(["predict", str(trained), str(images), "--csv", str(out)]) == 0
+    rows = out.read_text().splitlines()
+    ids = [r.split(",")[0] for r in rows[1:]]
+    assert rows[0] == "id,label" and sorted(ids) == ["2", "3", "one.jpg", "one.png"], rows
+    assert dict(r.split(",") for r in rows[1:])["3"] == "0.500000"

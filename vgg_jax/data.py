@@ -11,15 +11,28 @@ runs in tf.data threads (data_decode). Nothing here imports jax: process_index/p
 
 from __future__ import annotations
 
+import hashlib
 import os
+from collections import defaultdict
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from vgg_jax.data_source import UNLABELLED, Source
+from vgg_jax.data_source import UNLABELLED, Source, printable
 from vgg_jax.errors import UserError
 
-__all__ = ["Source", "UNLABELLED", "open_source", "steps_per_epoch", "eval_steps", "train_batches", "eval_batches"]
+__all__ = [
+    "UNLABELLED",
+    "Source",
+    "eval_batches",
+    "eval_steps",
+    "open_source",
+    "overlap",
+    "overlap_warning",
+    "steps_per_epoch",
+    "train_batches",
+]
 
 
 def open_source(
@@ -45,6 +58,61 @@ def open_source(
     from vgg_jax.data_folder import open_folder
 
     return open_folder(spec, split, valid_fraction=valid_fraction, seed=seed)
+
+
+def overlap(train: Source, valid: Source) -> list[tuple[str, str]]:
+    """(train path, valid path) of every valid file whose bytes equal a train file's, in valid order.
+
+    Sizes first (one stat per file), then sha256 of only the files whose size occurs on both sides:
+    a few seconds at most for 25,000 photos. tfds sources have no files to compare: [].
+    """
+    if train.paths is None or valid.paths is None:
+        return []
+    train_sizes, valid_sizes = _sizes(train.paths), _sizes(valid.paths)
+    by_size = defaultdict(list)
+    for path, size in zip(train.paths, train_sizes):
+        by_size[size].append(path)
+    candidates = [(p, by_size[s]) for p, s in zip(valid.paths, valid_sizes) if s >= 0 and s in by_size]
+    to_hash = sorted({p for v, ts in candidates for p in (v, *ts)})
+    with ThreadPoolExecutor(min(8, os.cpu_count() or 1)) as pool:  # hashlib releases the GIL on large buffers
+        digests = dict(zip(to_hash, pool.map(_sha256, to_hash)))
+    pairs = []
+    for v, ts in candidates:
+        match = next((t for t in ts if digests[v] is not None and digests[t] == digests[v]), None)
+        if match is not None:
+            pairs.append((match, v))
+    return pairs
+
+
+def overlap_warning(train: Source, valid: Source, max_listed: int = 3) -> str | None:
+    """The data report's line about files found in both train and valid (same bytes), or None when there are none."""
+    pairs = overlap(train, valid)
+    if not pairs:
+        return None
+    root = os.path.commonpath([train.folder or "/", valid.folder or "/"])
+    listed = ", ".join(
+        f"{printable(os.path.relpath(t, root))} = {printable(os.path.relpath(v, root))}" for t, v in pairs[:max_listed]
+    )
+    more = f", +{len(pairs) - max_listed} more" if len(pairs) > max_listed else ""
+    return f"warning: {len(pairs):,} images appear in both train and valid (same bytes): {listed}{more}"
+
+
+def _sizes(paths: list[str]) -> list[int]:
+    out = []
+    for path in paths:
+        try:
+            out.append(os.stat(path).st_size)
+        except OSError:
+            out.append(-1)
+    return out
+
+
+def _sha256(path: str) -> str | None:
+    try:
+        with open(path, "rb") as f:
+            return hashlib.file_digest(f, "sha256").hexdigest()
+    except OSError:
+        return None
 
 
 def steps_per_epoch(source: Source, batch_size: int, process_count: int = 1) -> int:

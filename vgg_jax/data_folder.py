@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import re
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 
-from vgg_jax.data_check import IMAGE_EXTENSIONS, check_image_file
-from vgg_jax.data_source import UNLABELLED, Source, fingerprint
+from vgg_jax.data_check import IMAGE_EXTENSIONS, UNSUPPORTED_EXTENSIONS, check_image_file, unreadable_reason
+from vgg_jax.data_source import UNLABELLED, Source, fingerprint, is_utf8, printable
 from vgg_jax.errors import UserError
 
 # Split name -> folder names tried in order (fast.ai dogscats uses train/, valid/ and test1/).
@@ -53,7 +55,7 @@ def open_folder(root: str | os.PathLike, split: str, valid_fraction: float | Non
             f"{root}: no valid/ folder; pass a valid fraction (e.g. --valid-fraction 0.1) to hold out part of {train_dir}"
         )
     source = _open_split(found["valid"], allow_unlabelled=False)
-    if found["train"] is not None and (train_classes := _class_dirs(found["train"])) != source.class_names:
+    if found["train"] is not None and (train_classes := _class_dirs(found["train"])[0]) != source.class_names:
         raise UserError(
             f"{found['valid']}: classes ({', '.join(source.class_names)}) differ from {found['train']} ({', '.join(train_classes)})"
         )
@@ -64,20 +66,41 @@ def _first_dir(root: Path, names: tuple[str, ...]) -> Path | None:
     return next((root / n for n in names if (root / n).is_dir()), None)
 
 
-def _class_dirs(folder: Path) -> list[str]:
-    return sorted(e.name for e in os.scandir(folder) if e.is_dir() and not e.name.startswith("."))
+Passed = list[tuple[str, str]]  # (path, reason) of entries passed over while listing: they join Source.skipped
+
+
+def _class_dirs(folder: Path) -> tuple[list[str], Passed]:
+    """Sorted class subfolder names, and the entries passed over (a symlink loop, a link to nowhere)."""
+    above = _ancestor_keys(folder)
+    names, passed = [], []
+    for entry in _scandir(folder, passed):
+        if entry.name.startswith("."):
+            continue
+        kind, detail = _entry_kind(entry)
+        if kind == "dir" and detail in above:
+            passed.append((entry.path, "symlink loop"))
+        elif kind == "dir":
+            if not is_utf8(entry.name):
+                raise UserError(
+                    f"{printable(entry.path)}: class folder name is not valid UTF-8; rename it (class names are labels)"
+                )
+            names.append(entry.name)
+        elif kind == "skip" and entry.is_symlink():  # loose files beside the class folders are not listed
+            passed.append((entry.path, detail))
+    return sorted(names), passed
 
 
 def _open_split(folder: Path, allow_unlabelled: bool) -> Source:
     """Class subfolders -> labelled split; images directly inside (or in a single subfolder, Keras' test/unknown/) -> unlabelled."""
-    classes = _class_dirs(folder)
-    direct = _list_images(folder, recursive=False)
-    if allow_unlabelled and (direct or len(classes) == 1):
-        base = folder if direct else folder / classes[0]
-        files = direct or _list_images(base, recursive=True)
+    classes, passed = _class_dirs(folder)
+    direct, direct_passed = _list_images(folder, recursive=False)
+    if allow_unlabelled and (direct or len(classes) == 1 or (direct_passed and not classes)):
+        base = folder if direct or not classes else folder / classes[0]
+        files, more = (direct, direct_passed) if base == folder else _list_images(base, recursive=True)
+        passed = list(dict(passed + direct_passed + more).items())  # a loop beside the images is seen twice
         if not files:
-            raise UserError(f"{base}: no images ({', '.join(IMAGE_EXTENSIONS)}) found")
-        return _checked(str(folder), base, files, np.full(len(files), UNLABELLED, np.int32), [])
+            raise UserError(_no_images(base, "", passed))
+        return _checked(str(folder), base, files, np.full(len(files), UNLABELLED, np.int32), [], passed)
     if not classes:
         what = "images but no class subfolders" if direct else "no class subfolders and no images"
         raise UserError(f"{folder}: {what}; expected {folder}/<class>/*.jpg with one subfolder per class")
@@ -85,48 +108,122 @@ def _open_split(folder: Path, allow_unlabelled: bool) -> Source:
         raise UserError(f"{folder}: found only 1 class folder ({classes[0]}); need at least 2, one subfolder per class")
     files, labels = [], []
     for label, name in enumerate(classes):
-        class_files = _list_images(folder / name, recursive=True)
+        class_files, more = _list_images(folder / name, recursive=True)
         if not class_files:
-            raise UserError(f"{folder / name}: no images ({', '.join(IMAGE_EXTENSIONS)}) found in this class folder")
+            raise UserError(_no_images(folder / name, " in this class folder", more))
         files += [f"{name}/{f}" for f in class_files]
         labels += [label] * len(class_files)
-    return _checked(str(folder), folder, files, np.asarray(labels, np.int32), classes)
+        passed += more
+    return _checked(str(folder), folder, files, np.asarray(labels, np.int32), classes, passed)
+
+
+def _no_images(folder: Path, where: str, passed: Passed) -> str:
+    listed = "; ".join(f"{printable(os.path.relpath(p, folder))} ({why})" for p, why in passed[:3])
+    return f"{printable(str(folder))}: no images ({', '.join(IMAGE_EXTENSIONS)}) found{where}" + (
+        f"; passed over {len(passed)}: {listed}" if passed else ""
+    )
 
 
 def _natural_key(rel: str) -> list:
     return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", rel)]  # test1/2.jpg before test1/10.jpg
 
 
-def _list_images(folder: Path, recursive: bool) -> list[str]:
-    """Image files under `folder` as paths relative to it, in natural order (plain strings: 25k Paths cost ~0.5 s)."""
-    out, stack = [], [""]
+def _list_images(folder: Path, recursive: bool) -> tuple[list[str], Passed]:
+    """Image files under `folder` as paths relative to it, in natural order, and the entries passed over with why.
+
+    Folder symlinks are followed, each real folder once, so the walk always ends: a link back to a
+    folder above is a "symlink loop". Plain strings, not Paths: 25k Paths cost ~0.5 s.
+    """
+    top = _ancestor_keys(folder)
+    out, passed, seen = [], [], set(top)
+    stack = [("", top)]
     while stack:
-        sub = stack.pop()
-        for entry in os.scandir(os.path.join(folder, sub)):
+        sub, above = stack.pop()
+        for entry in _scandir(os.path.join(folder, sub), passed):
             if entry.name.startswith("."):
                 continue
             rel = f"{sub}/{entry.name}" if sub else entry.name
-            if entry.is_dir():
-                if recursive:
-                    stack.append(rel)
-            elif os.path.splitext(entry.name)[1].lower() in IMAGE_EXTENSIONS:  # also dangling links: "unreadable"
+            kind, detail = _entry_kind(entry)
+            if kind == "dir" and recursive:
+                if detail in above:
+                    passed.append((entry.path, "symlink loop"))
+                elif detail in seen:  # listing it again would count its files twice
+                    passed.append((entry.path, "a second link to a folder listed already"))
+                else:
+                    seen.add(detail)
+                    stack.append((rel, above | {detail}))
+            elif kind == "image":  # also dangling links: the check names them "unreadable"
                 out.append(rel)
-    return sorted(out, key=_natural_key)
+            elif kind == "skip":
+                passed.append((entry.path, detail))
+    return sorted(out, key=_natural_key), passed
+
+
+def _scandir(folder: str | Path, passed: Passed) -> list[os.DirEntry]:
+    try:
+        with os.scandir(folder) as entries:
+            return list(entries)
+    except OSError as e:
+        passed.append((str(folder), f"unreadable folder ({e.strerror or type(e).__name__})"))
+        return []
+
+
+def _entry_kind(entry: os.DirEntry) -> tuple[str, object]:
+    """("dir", its (dev, inode)), ("image", None), ("skip", reason) or ("ignore", None) for one folder entry."""
+    ext = os.path.splitext(entry.name)[1].lower()
+    image = ext in IMAGE_EXTENSIONS or ext in UNSUPPORTED_EXTENSIONS  # a .tif is listed, then skipped with its reason
+    try:
+        if entry.is_dir():
+            st = entry.stat()
+            return "dir", (st.st_dev, st.st_ino)
+    except OSError as e:  # a symlink loop: the stat behind is_dir fails with ELOOP
+        return ("image", None) if image else ("skip", unreadable_reason(e))  # an image's check says "symlink loop"
+    if image:
+        return "image", None
+    if entry.is_symlink():  # a link to nowhere may have been a class folder or an image: worth a line
+        try:
+            os.stat(entry.path)
+        except OSError as e:
+            return "skip", unreadable_reason(e)
+    return "ignore", None  # Thumbs.db, .DS_Store, README.txt: the furniture of image folders, not data
+
+
+def _ancestor_keys(folder: Path) -> frozenset:
+    """(dev, inode) of `folder` and of every folder above it, both as written and as resolved through links."""
+    keys = set()
+    for path in {Path(os.path.abspath(folder)), Path(folder).resolve()}:
+        for p in (path, *path.parents):
+            with contextlib.suppress(OSError):
+                st = os.stat(p)
+                keys.add((st.st_dev, st.st_ino))
+    return frozenset(keys)
 
 
 def _inspect(paths: list[str]) -> list[tuple[int, int, str | None]]:
     out = []
     for path in paths:
-        reason = check_image_file(path)
+        reason = _name_problem(path) or _format_problem(path) or check_image_file(path)
         try:
             st = os.stat(path)
             out.append((st.st_size, st.st_mtime_ns, reason))
-        except OSError:
-            out.append((-1, -1, reason or "unreadable"))
+        except OSError as e:
+            out.append((-1, -1, reason or unreadable_reason(e)))
     return out
 
 
-def _checked(name: str, base: Path, rel: list[str], labels: np.ndarray, classes: list[str]) -> Source:
+def _name_problem(path: str) -> str | None:
+    """A path tf.data cannot take and a CSV cannot hold: bytes that are not UTF-8 in the name."""
+    if is_utf8(path):
+        return None
+    return "file name is not valid UTF-8" if not is_utf8(os.path.basename(path)) else "folder name is not valid UTF-8"
+
+
+def _format_problem(path: str) -> str | None:
+    kind = UNSUPPORTED_EXTENSIONS.get(os.path.splitext(path)[1].lower())
+    return f"unsupported format: {kind}" if kind else None
+
+
+def _checked(name: str, base: Path, rel: list[str], labels: np.ndarray, classes: list[str], passed: Passed) -> Source:
     """Structural checks on every file (threads, in chunks: the cost is file-system latency), then the Source of the good ones."""
     paths = [os.path.join(base, r) for r in rel]
     chunks = [paths[i : i + 256] for i in range(0, len(paths), 256)]
@@ -134,17 +231,46 @@ def _checked(name: str, base: Path, rel: list[str], labels: np.ndarray, classes:
         stats = [s for chunk in pool.map(_inspect, chunks) for s in chunk]
     good = [i for i, (_, _, reason) in enumerate(stats) if reason is None]
     if not good:
-        raise UserError(f"{name}: none of its {len(paths):,} image files can be read (first: {rel[0]}: {stats[0][2]})")
+        raise UserError(
+            f"{printable(name)}: none of its {len(paths):,} image files can be read"
+            f" (first: {printable(rel[0])}: {stats[0][2]})"
+        )
+    ids, with_extension = _unique_ids(rel)
+    listed = set(paths)  # a looping link named like an image is both listed and passed over by the class scan
+    skipped = [(paths[i], stats[i][2]) for i in range(len(paths)) if stats[i][2] is not None]
+    skipped += [(p, why) for p, why in passed if p not in listed]
     return Source(
         name=name,
         class_names=classes,
         num_examples=len(good),
-        skipped=[(paths[i], stats[i][2]) for i in range(len(paths)) if stats[i][2] is not None],
+        skipped=sorted(skipped, key=lambda s: _natural_key(s[0])),
         fingerprint=fingerprint("folder", classes, [(r, s[0], s[1]) for r, s in zip(rel, stats)], labels.tolist()),
         paths=[paths[i] for i in good],
         labels=labels[good],
-        _ids=[os.path.splitext(rel[i])[0] for i in good],
+        folder=str(base),
+        notes=[_extension_note(with_extension)] if with_extension else [],
+        _ids=[ids[i] for i in good],
+        _path_ids=dict(zip(paths, ids)),
     )
+
+
+def _unique_ids(rel: list[str]) -> tuple[list[str], list[str]]:
+    """Each file's id (its relative path without extension, or with it where two would clash) and those kept whole."""
+    shown = rel if is_utf8("".join(rel)) else [printable(r) for r in rel]  # one encode in the common case
+    ids = [r.rpartition(".")[0] for r in shown]  # every listed file has an image extension
+    while len(set(ids)) < len(ids):
+        counts = Counter(ids)
+        clash = [i for i, n in enumerate(ids) if counts[n] > 1 and n != shown[i]]
+        if not clash:  # only whole names clash: two non-UTF-8 names shown alike
+            break
+        for i in clash:
+            ids[i] = shown[i]
+    return ids, [s for i, s in zip(ids, shown) if i == s]
+
+
+def _extension_note(names: list[str]) -> str:
+    listed = ", ".join(names[:4]) + (f", +{len(names) - 4} more" if len(names) > 4 else "")
+    return f"{len(names)} ids keep their extension (names that differ only by extension): {listed}"
 
 
 def _carve(source: Source, split: str, fraction: float, seed: int) -> Source:
@@ -172,5 +298,8 @@ def _carve(source: Source, split: str, fraction: float, seed: int) -> Source:
         fingerprint=fingerprint(source.fingerprint, split, fraction, seed),
         paths=[source.paths[i] for i in keep],
         labels=source.labels[keep],
+        folder=source.folder,
+        notes=source.notes,
         _ids=[source.ids[i] for i in keep],
+        _path_ids=source._path_ids,
     )

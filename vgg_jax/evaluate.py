@@ -15,10 +15,10 @@ from vgg_jax.checkpoint import Checkpoints
 from vgg_jax.classifier import image_apply_fn
 from vgg_jax.config import TrainConfig
 from vgg_jax.errors import UserError
+from vgg_jax.fileio import atomic_path
 from vgg_jax.freeze import parse_lr_mults, split
 from vgg_jax.network import build_model, init_params, resolve_weights
 from vgg_jax.optim import make_optimizer
-from vgg_jax.fileio import atomic_path
 from vgg_jax.rundir import say
 from vgg_jax.step import create_state, eval_step
 from vgg_jax.train import evaluate_batches
@@ -127,7 +127,7 @@ def predict(
     )
     probs, ids = result["probs"], result["ids"]
     # Files that could not be decoded still get a row (a Kaggle submission needs every id): the uninformative prior.
-    unreadable = [Path(p).stem for p, _ in source.skipped + source.failed]
+    unreadable = source.unreadable_ids
     if unreadable:
         say(
             f"predict: {len(unreadable)} unreadable image(s) get probability {1 / len(classes):.2f}: {', '.join(unreadable[:5])}"

@@ -121,10 +121,13 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -> di
 
 def _train(cfg, topo, resume, train_src, valid_src, weights, probe, trainable, frozen, steps_per_epoch, local_bs,
            local_eval_bs) -> dict:  # fmt: skip
+    from vgg_jax import data
 
     run_dir = Path(cfg.out)
     say(f"train: {train_src.describe()}")
     say(f"valid: {valid_src.describe()}")
+    if (line := data.overlap_warning(train_src, valid_src)) is not None:
+        say(line)
     say(f"weights: {weights.label}")
     devices = f"{topo.mesh.size} {jax.devices()[0].platform.upper()} device(s)"
     say(f"mesh: {devices} in {topo.process_count} process(es); global batch {cfg.batch_size}, {local_bs} per process")
