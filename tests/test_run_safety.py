@@ -143,10 +143,9 @@ def test_diverging_run_never_checkpoints_nan_and_logs_valid_json(folder, tmp_pat
         train(cfg(folder, out, epochs=2, freeze_through="none", lr=1e30, optimizer="sgd", checkpoint_every=1))
     rows = [json.loads(line, parse_constant=lambda c: pytest.fail(f"{c} in metrics.jsonl")) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert rows, "the diverged run's metrics are kept"
-    checkpoints = Checkpoints(out / "checkpoints")
-    if checkpoints.steps():
-        _, _, _, trainable, _ = load_run(out, which="latest")
-        assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(trainable))
+    assert Checkpoints(out / "checkpoints").steps(), "no good checkpoint before the divergence"
+    _, _, _, trainable, _ = load_run(out, which="latest")
+    assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(trainable))
 
 
 def test_nan_validation_loss_stops_the_run(folder, tmp_path, monkeypatch):
