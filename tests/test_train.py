@@ -83,9 +83,10 @@ def test_pretrained_backbone_beats_random_backbone(scratch_run, folder, tmp_path
     assert pretrained["accuracy"] >= 0.95
 
 
-def test_feature_cache_equals_training_through_the_backbone(scratch_run, folder, tmp_path, capsys):
+def test_feature_cache_equals_training_through_the_backbone(scratch_run, folder, tmp_path, capsys, monkeypatch):
     run, _ = scratch_run
     weights = str(export(run, tmp_path / "pretrained.safetensors"))
+    monkeypatch.setenv("VGG_JAX_CACHE", str(tmp_path / "cache"))  # earlier tests may have cached these features
     train(cfg(folder, tmp_path / "cached", weights=weights, epochs=2, cache_features=True))
     assert "backbone pass over 80 images" in capsys.readouterr().out
     train(cfg(folder, tmp_path / "direct", weights=weights, epochs=2, cache_features=False))
