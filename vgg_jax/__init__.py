@@ -6,7 +6,7 @@ pure-Python parts (`vgg_jax.arch`, `vgg_jax.params_io`) without loading jax.
 
 from importlib import import_module
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 _EXPORTS = {
     "VGG": "vgg_jax.model",

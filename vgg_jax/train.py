@@ -17,6 +17,7 @@ from typing import Any
 import jax
 import numpy as np
 
+import vgg_jax
 from vgg_jax import features as feature_cache
 from vgg_jax import parallel, rundir
 from vgg_jax.checkpoint import Checkpoints, Position
@@ -282,7 +283,7 @@ def _run_info(cfg, train_src, valid_src, weights, state, frozen, topo) -> dict:
         "params": {"trainable": param_bytes(state.params) // 4, "frozen": param_bytes(frozen) // 4,
                    "optimizer_state_bytes": param_bytes(state.opt_state)},
         "topology": {"devices": topo.mesh.size, "processes": topo.process_count, "platform": jax.devices()[0].platform},
-        "versions": {"jax": jax.__version__, "python": platform.python_version()},
+        "versions": {"vgg_jax": vgg_jax.__version__, "jax": jax.__version__, "python": platform.python_version()},
     }  # fmt: skip
 
 
