@@ -50,21 +50,21 @@ def _umount(where) -> None:
     subprocess.run(["umount", "-l", str(where)], capture_output=True)
 
 
-@pytest.fixture
-def full_dir(tmp_path):
-    """A folder on a 64 KiB tmpfs (a full disk for anything bigger). Needs root, as CI and sessions here are."""
-    where = tmp_path / "full"
-    if not _mount_tmpfs(where, "size=64k,mode=0777"):
+def _tmpfs(where, options: str):
+    """Yields `where` with a tmpfs mounted on it (skips without root), unmounted afterwards."""
+    if not _mount_tmpfs(where, options):
         pytest.skip("cannot mount a tmpfs here (not root?)")
     yield where
     _umount(where)
+
+
+@pytest.fixture
+def full_dir(tmp_path):
+    """A folder on a 64 KiB tmpfs (a full disk for anything bigger). Needs root, as CI and sessions here are."""
+    yield from _tmpfs(tmp_path / "full", "size=64k,mode=0777")
 
 
 @pytest.fixture
 def readonly_dir(tmp_path):
     """A read-only folder (a read-only tmpfs: root ignores file permission bits, not a read-only mount)."""
-    where = tmp_path / "readonly"
-    if not _mount_tmpfs(where, "size=64k,ro"):
-        pytest.skip("cannot mount a tmpfs here (not root?)")
-    yield where
-    _umount(where)
+    yield from _tmpfs(tmp_path / "readonly", "size=64k,ro")
