@@ -68,19 +68,8 @@ def check(
     if p.include_top:
         model = VGG(depths=depths, classes=p.classes, classifier_activation=None)
         got = jax.jit(lambda prm, x: model.apply({"params": prm}, preprocess_input(x)))(params, images)
-        rows.append(ParityRow("logits", tuple(got.shape), rel_error(got, _top(want, denses, p.fc1.value))))
+        rows.append(ParityRow("logits", tuple(got.shape), rel_error(got, reference.top(want, denses, p.fc1.value))))
     return rows
-
-
-def _top(features: np.ndarray, denses: list[tuple[np.ndarray, np.ndarray]], fc1_order: str) -> np.ndarray:
-    """fc1, fc2, predictions in float64 over NHWC features flattened in the file's fc1 row order."""
-    x = features.transpose(0, 3, 1, 2) if fc1_order == "chw" else features
-    x = x.reshape(x.shape[0], -1)
-    for i, (kernel, bias) in enumerate(denses):
-        x = x @ np.asarray(kernel, np.float64) + np.asarray(bias, np.float64)
-        if i < len(denses) - 1:
-            x = np.maximum(x, 0)
-    return x
 
 
 def format_rows(rows: list[ParityRow]) -> str:

@@ -40,6 +40,7 @@ def forward(
     layout: str = "hwio",
     true_convolution: bool = False,
     pooling: str | None = None,
+    fc1_order: str | None = None,
 ) -> np.ndarray:
     """VGG forward of uint8 RGB images with weights exactly as stored in the file.
 
@@ -48,6 +49,7 @@ def forward(
         (O,I,3,3) for "oihw" (Theano dim ordering, which also flattens channels-first for fc1).
       denses: (kernel (in, out), bias) for fc1, fc2, predictions, or empty for no-top.
       true_convolution: the file's kernels are for true convolution (Theano), not correlation.
+      fc1_order: fc1's row order, "chw" or "hwc"; None follows the layout.
     Returns: logits [N, classes] (with denses), else block5_pool features [N, h, w, C] in NHWC
       or [N, C] with pooling "avg"/"max".
     """
@@ -67,8 +69,13 @@ def forward(
     if not denses:
         return {"avg": lambda: x.mean(axis=(1, 2)), "max": lambda: x.max(axis=(1, 2)), None: lambda: x}[pooling]()
     # Theano-era models flatten NCHW activations; channels_last models flatten NHWC.
-    flat = x.transpose(0, 3, 1, 2) if layout == "oihw" else x
-    x = flat.reshape(x.shape[0], -1)
+    return top(x, denses, fc1_order or ("chw" if layout == "oihw" else "hwc"))
+
+
+def top(features: np.ndarray, denses: Sequence[tuple[np.ndarray, np.ndarray]], fc1_order: str) -> np.ndarray:
+    """fc1, fc2, predictions in float64 over NHWC block5_pool features flattened in fc1's row order ("chw"/"hwc")."""
+    x = features.transpose(0, 3, 1, 2) if fc1_order == "chw" else features
+    x = x.reshape(x.shape[0], -1)
     for i, (kernel, bias) in enumerate(denses):
         x = x @ np.asarray(kernel, np.float64) + np.asarray(bias, np.float64)
         if i < len(denses) - 1:
