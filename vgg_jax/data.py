@@ -11,7 +11,6 @@ runs in tf.data threads (data_decode). Nothing here imports jax: process_index/p
 
 from __future__ import annotations
 
-import hashlib
 import os
 from collections import defaultdict
 from collections.abc import Iterator
@@ -108,9 +107,10 @@ def _sizes(paths: list[str]) -> list[int]:
 
 
 def _sha256(path: str) -> str | None:
+    from vgg_jax.paths import file_digest
+
     try:
-        with open(path, "rb") as f:
-            return hashlib.file_digest(f, "sha256").hexdigest()
+        return file_digest(path)
     except OSError:
         return None
 
