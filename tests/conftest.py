@@ -37,6 +37,18 @@ def vgg19(images):
     return KerasReference("vgg19", 2, images)
 
 
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    """A cache folder ($VGG_JAX_CACHE) for one test module."""
+    return tmp_path_factory.mktemp("cache")
+
+
+@pytest.fixture
+def own_cache(cache, monkeypatch):
+    """Points $VGG_JAX_CACHE at the module's cache folder (use with pytest.mark.usefixtures)."""
+    monkeypatch.setenv("VGG_JAX_CACHE", str(cache))
+
+
 def _mount_tmpfs(where, options: str) -> bool:
     import subprocess
 

@@ -21,19 +21,12 @@ SMALL_ARGS = ["--weights", "random", "--arch", "vgg11", "--widths", "8,8,16,16,1
 TEST_IMAGES = 3
 
 
+pytestmark = pytest.mark.usefixtures("own_cache")  # conftest: a cache folder of this module's own
+
+
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory):
     return write_folder(tmp_path_factory.mktemp("data") / "dogscats", train=8, valid=4, test=TEST_IMAGES, seed=1)
-
-
-@pytest.fixture(scope="module")
-def cache(tmp_path_factory):
-    return tmp_path_factory.mktemp("cache")
-
-
-@pytest.fixture(autouse=True)
-def own_cache(cache, monkeypatch):
-    monkeypatch.setenv("VGG_JAX_CACHE", str(cache))
 
 
 @pytest.fixture(scope="module")

@@ -27,19 +27,12 @@ SMALL_ARGS = ["--arch", "vgg11", "--widths", "8,8,16,16,16", "--fc-units", "32",
 SEED = 7
 
 
+pytestmark = pytest.mark.usefixtures("own_cache")  # conftest: a cache folder of this module's own
+
+
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory):
     return write_folder(tmp_path_factory.mktemp("data") / "dogscats", train=8, valid=4, test=2, seed=1)
-
-
-@pytest.fixture(scope="module")
-def cache(tmp_path_factory):
-    return tmp_path_factory.mktemp("cache")
-
-
-@pytest.fixture(autouse=True)
-def own_cache(cache, monkeypatch):
-    monkeypatch.setenv("VGG_JAX_CACHE", str(cache))
 
 
 def small_weights(seed: int = SEED) -> dict[str, np.ndarray]:
