@@ -16,7 +16,7 @@ from vgg_jax.data_check import check_image_bytes, check_image_file
 from vgg_jax.errors import UserError
 
 S = 16  # output size: small keeps the tests fast; formats and shapes are what is tested
-PAD = (124, 117, 104)  # data_decode.PAD_RGB rounded
+PAD = (124, 117, 104)  # resize.PAD_FILL: resize.PAD_RGB rounded
 
 
 def encode(image: Image.Image, fmt: str, **kw) -> bytes:

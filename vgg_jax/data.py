@@ -134,6 +134,7 @@ def train_batches(
     *,
     image_size: int = 224,
     resize: str = "squash",
+    interpolation: str = "nearest",
     seed: int = 0,
     epoch: int = 0,
     augment: bool = False,
@@ -147,6 +148,7 @@ def train_batches(
     Global step s takes positions [s*B*P, (s+1)*B*P) of a permutation drawn from (seed, epoch);
     process p gets the p-th block of B, so processes read disjoint shards. `mask` is all True
     unless a file failed to decode (then its slot is zeroed and masked: weight the loss by mask).
+    Images are decoded and resized by vgg_jax.resize (`resize` mode, `interpolation`), as `load_image` does.
     """
     _check_batching(source, batch_size, process_index, process_count)
     if not source.labelled:
@@ -171,7 +173,7 @@ def train_batches(
     else:
         index = permutation(source.num_examples, seed, epoch)[pos]
         elements, name = _file_elements(source, index, slots), lambda k: source.paths[index[k]]  # noqa: E731
-    stream = _decode(elements, len(pos), batch_size, image_size, resize, key, threads)
+    stream = _decode(elements, len(pos), batch_size, image_size, resize, interpolation, key, threads)
     yield from _assemble(stream, steps - start_batch, batch_size, image_size, source, slots, name, with_ids=False)
 
 
@@ -181,6 +183,7 @@ def eval_batches(
     *,
     image_size: int = 224,
     resize: str = "squash",
+    interpolation: str = "nearest",
     process_index: int = 0,
     process_count: int = 1,
     threads: int | None = None,
@@ -189,6 +192,7 @@ def eval_batches(
 
     All processes yield `eval_steps(...)` batches of exactly `batch_size`, so nothing recompiles and
     multi-host collectives stay in step. Padding has image 0, label 0, id "".
+    Images are decoded and resized by vgg_jax.resize (`resize` mode, `interpolation`), as `load_image` does.
     """
     _check_batching(source, batch_size, process_index, process_count)
     steps = eval_steps(source, batch_size, process_count)
@@ -202,7 +206,7 @@ def eval_batches(
         name = lambda k: f"{source.name} record {pos[k]}"  # noqa: E731
     else:
         elements, name = _file_elements(source, pos, slots), lambda k: source.paths[pos[k]]  # noqa: E731
-    stream = _decode(elements, len(pos), batch_size, image_size, resize, None, threads)
+    stream = _decode(elements, len(pos), batch_size, image_size, resize, interpolation, None, threads)
     yield from _assemble(stream, steps, batch_size, image_size, source, slots, name, with_ids=True)
 
 
@@ -245,12 +249,29 @@ def _file_elements(source: Source, index: np.ndarray, slots: np.ndarray):
     )
 
 
-def _decode(elements, count: int, batch_size: int, image_size: int, resize: str, key: int | None, threads: int | None):
+def _decode(
+    elements,
+    count: int,
+    batch_size: int,
+    image_size: int,
+    resize: str,
+    interpolation: str,
+    key: int | None,
+    threads: int | None,
+):
     if count == 0:  # a resumed run at the end of its epoch, or an eval shard with only padding
         return iter(())
     from vgg_jax.data_decode import decoded_batches
 
-    return decoded_batches(elements, batch_size, size=image_size, resize=resize, augment_key=key, threads=threads)
+    return decoded_batches(
+        elements,
+        batch_size,
+        size=image_size,
+        resize=resize,
+        interpolation=interpolation,
+        augment_key=key,
+        threads=threads,
+    )
 
 
 def _assemble(

@@ -45,7 +45,7 @@ def check_image_file(path: str | os.PathLike) -> str | None:
             else:
                 tail = head + f.read()
             reason = check_image_bytes(head, tail, size)
-            return reason if reason is not None else _size_reason(_dimensions(f, head))
+            return reason if reason is not None else _size_reason(header_dimensions(f, head))
     except OSError as e:
         return unreadable_reason(e)
 
@@ -61,7 +61,7 @@ def image_dimensions(path: str | os.PathLike) -> tuple[int, int] | None:
     """(width, height) from a JPEG/PNG/GIF/BMP/WebP header; None for other formats or an unreadable file."""
     try:
         with open(path, "rb") as f:
-            return _dimensions(f, f.read(TAIL))
+            return header_dimensions(f, f.read(TAIL))
     except OSError:
         return None
 
@@ -126,7 +126,7 @@ def _check_bmp(head: bytes, size: int) -> str | None:
     return f"unsupported BMP ({bits}-bit)"
 
 
-def _dimensions(f: BinaryIO, head: bytes) -> tuple[int, int] | None:
+def header_dimensions(f: BinaryIO, head: bytes) -> tuple[int, int] | None:
     """(width, height) declared by the header of an open file whose first bytes are `head`; None if unknown."""
     if head.startswith(b"\x89PNG\r\n\x1a\n") and head[12:16] == b"IHDR":
         return struct.unpack(">II", head[16:24])

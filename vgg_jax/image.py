@@ -1,53 +1,31 @@
-"""Decode one image file to uint8 RGB with Pillow (no tensorflow), for `classify` and small jobs."""
+"""Decode one image file to uint8 RGB (Pillow, no tensorflow), for `classify` and small jobs: vgg_jax.resize."""
 
 from __future__ import annotations
 
-import errno
 import os
-import warnings
 
 import numpy as np
 
-from vgg_jax.data_check import MAX_PIXELS, image_dimensions, too_large
 from vgg_jax.data_source import printable
 from vgg_jax.errors import UserError
+from vgg_jax.resize import DecodeError, check_options, decode
+from vgg_jax.resize import resize as resize_image
 
 
-def load_image(path: str | os.PathLike, size: int | None = 224) -> np.ndarray:
+def load_image(
+    path: str | os.PathLike, size: int | None = 224, resize: str = "squash", interpolation: str = "nearest"
+) -> np.ndarray:
     """Any Pillow-readable file (JPEG incl. CMYK/grayscale, PNG with alpha, ...) -> uint8 [size, size, 3] RGB.
 
-    Resizes with nearest-neighbour, like `keras.utils.load_img(path, target_size=(size, size))`,
-    so a Keras user's numbers can be reproduced exactly. An image of more than MAX_PIXELS pixels
-    (a decompression bomb: a few KB of PNG can declare 30000x30000) is refused before decoding.
+    The pipeline's own decode + resize (vgg_jax.resize), so the same file at the same options gives
+    the array training saw. The defaults are `keras.utils.load_img(path, target_size=(size, size))`:
+    squash, nearest neighbour, so a Keras user's numbers are reproduced exactly. `size=None` keeps the
+    decoded size. A file that cannot be read or decoded, or an image of more than MAX_PIXELS pixels,
+    is a one-line UserError naming the file.
     """
-    from PIL import Image, UnidentifiedImageError
-
-    shown = printable(os.fspath(path))
-    _check_pixels(shown, image_dimensions(path))  # from the header alone: JPEG, PNG, GIF, BMP, WebP
+    check_options(resize, interpolation)
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own limit is checked below
-            with Image.open(path) as im:
-                _check_pixels(shown, im.size)  # other formats: Pillow has read the header, not the pixels
-                im = im.convert("RGB")
-                if size is not None and im.size != (size, size):
-                    im = im.resize((size, size), Image.NEAREST)
-                return np.asarray(im, dtype=np.uint8)
-    except FileNotFoundError:
-        raise UserError(f"{shown}: no such image file") from None
-    except Image.DecompressionBombError as e:  # over twice Pillow's limit, in a format we read no header of
-        raise UserError(f"{shown}: image too large to decode ({e})") from None
-    except UnidentifiedImageError:
-        raise UserError(f"{shown}: cannot decode image (not an image format Pillow reads)") from None
-    except OSError as e:
-        if e.errno is not None:  # the file system's error (a symlink loop, a folder): its message names the raw path
-            why = "symlink loop" if e.errno == errno.ELOOP else e.strerror
-            raise UserError(f"{shown}: cannot read image ({why})") from None
-        raise UserError(f"{shown}: cannot decode image ({e})") from None
-    except ValueError as e:
-        raise UserError(f"{shown}: cannot decode image ({e})") from None
-
-
-def _check_pixels(shown: str, dims: tuple[int, int] | None) -> None:
-    if too_large(dims):
-        raise UserError(f"{shown}: image too large to decode ({dims[0]}x{dims[1]} pixels, limit {MAX_PIXELS:,})")
+        image = decode(path)
+    except DecodeError as e:
+        raise UserError(f"{printable(os.fspath(path))}: {e}") from None
+    return np.asarray(image, dtype=np.uint8) if size is None else resize_image(image, size, resize, interpolation)

@@ -1,0 +1,142 @@
+"""The one decode + resize used everywhere (pipeline, `classify`, the library): Pillow and numpy, no tensorflow.
+
+    image = decode_resize(path_or_bytes, 224, "squash", "nearest")   # uint8 [224, 224, 3] RGB
+
+The same file at the same options gives the same array wherever it is read, so serving sees the
+pixels training saw.
+"""
+
+from __future__ import annotations
+
+import errno
+import io
+import os
+import struct
+import warnings
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from vgg_jax.data_check import MAX_PIXELS, TAIL, header_dimensions, too_large
+from vgg_jax.errors import UserError
+
+INTERPOLATIONS = ("nearest", "bilinear")
+RESIZE_MODES = ("squash", "center-crop", "pad")
+PAD_RGB = (123.68, 116.779, 103.939)  # ImageNet mean: "pad" borders become ~0 after caffe preprocessing
+PAD_FILL = tuple(round(c) for c in PAD_RGB)  # (124, 117, 104): the uint8 the borders hold
+_FILTERS = {"nearest": Image.NEAREST, "bilinear": Image.BILINEAR}
+
+
+class DecodeError(ValueError):
+    """A file or byte string that is not a decodable image; `str(e)` is one line, `e.reason` the cause alone."""
+
+    def __init__(self, problem: str, reason: str | None = None):
+        super().__init__(f"{problem} ({reason})" if reason else problem)
+        self.reason = reason or problem
+
+
+def check_options(resize: str, interpolation: str) -> None:
+    """Raises UserError unless `resize` is one of RESIZE_MODES and `interpolation` one of INTERPOLATIONS."""
+    if resize not in RESIZE_MODES:
+        raise UserError(f"resize must be one of {', '.join(RESIZE_MODES)}. Received: resize={resize!r}")
+    if interpolation not in INTERPOLATIONS:
+        raise UserError(
+            f"interpolation must be one of {', '.join(INTERPOLATIONS)}. Received: interpolation={interpolation!r}"
+        )
+
+
+def decode(source: bytes | str | os.PathLike) -> Image.Image:
+    """Encoded bytes or a file path -> RGB Pillow image (loaded), or DecodeError saying why not.
+
+    A path is read whole first, as `keras.utils.load_img` does. Grayscale, CMYK, palette and alpha
+    images become RGB by Pillow's `convert("RGB")`, as in load_img, except 16-bit grayscale, which
+    keeps its high byte (load_img clips it to nearly white); a GIF gives its first frame;
+    EXIF orientation is not applied (Keras does not either). An image of more than MAX_PIXELS pixels
+    (a decompression bomb: a few KB of PNG can declare 30000x30000) is refused from its header,
+    before any pixel is decoded.
+    """
+    data = source if isinstance(source, (bytes, bytearray, memoryview)) else _read(source)
+    try:
+        dims = header_dimensions(io.BytesIO(data), bytes(data[:TAIL]))  # JPEG, PNG, GIF, BMP, WebP: from the header alone
+        _check_pixels(dims)
+        if dims is not None:  # within the limit: Pillow has nothing to warn about
+            return _open_rgb(data)
+        with warnings.catch_warnings():  # another format: our own limit is checked on Pillow's header instead
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            return _open_rgb(data)
+    except DecodeError:
+        raise
+    except Image.DecompressionBombError as e:  # over twice Pillow's limit, in a format we read no header of
+        raise DecodeError("image too large to decode", _line(e)) from None
+    except UnidentifiedImageError:
+        raise DecodeError("cannot decode image", "not an image format Pillow reads") from None
+    # What truncated or corrupt files make Pillow and its plugins raise.
+    except (OSError, ValueError, EOFError, SyntaxError, IndexError, struct.error) as e:
+        raise DecodeError("cannot decode image", _line(e)) from None
+
+
+def resize(image: Image.Image, size: int, mode: str, interpolation: str) -> np.ndarray:
+    """RGB Pillow image -> uint8 [size, size, 3] by `mode` (RESIZE_MODES) and `interpolation` (INTERPOLATIONS).
+
+    squash: the whole image to size x size (aspect ratio lost), as `keras.utils.load_img(target_size=...)`.
+    center-crop: the centred square (side = the shorter side), as `load_img(..., keep_aspect_ratio=True)`;
+    Pillow's `box=` is used, so bilinear filtering near the crop's edges reads the pixels just outside it.
+    pad: the longer side to `size`, aspect kept, centred on a PAD_FILL canvas.
+    Pillow's filters: NEAREST, and BILINEAR, which antialiases when reducing (its support widens with the
+    scale), as `load_img(..., interpolation="bilinear")` does, unlike `tf.image.resize(antialias=False)`.
+    """
+    check_options(mode, interpolation)
+    if not isinstance(size, (int, np.integer)) or size < 1:
+        raise UserError(f"size must be a positive integer. Received: size={size!r}")
+    f = _FILTERS[interpolation]
+    w, h = image.size
+    if mode == "center-crop":
+        side = min(w, h)
+        left, top = (w - side) // 2, (h - side) // 2
+        image = image.resize((size, size), f, box=(left, top, left + side, top + side))
+    elif mode == "pad":
+        scale = size / max(w, h)
+        nw, nh = max(1, round(w * scale)), max(1, round(h * scale))
+        canvas = Image.new("RGB", (size, size), PAD_FILL)
+        canvas.paste(image.resize((nw, nh), f), ((size - nw) // 2, (size - nh) // 2))
+        image = canvas
+    else:
+        image = image.resize((size, size), f)
+    return np.asarray(image, dtype=np.uint8)
+
+
+def decode_resize(source: bytes | str | os.PathLike, size: int, mode: str, interpolation: str) -> np.ndarray:
+    """Encoded bytes or a file path -> uint8 [size, size, 3] RGB: `resize(decode(source), ...)`."""
+    return resize(decode(source), size, mode, interpolation)
+
+
+def _read(path: str | os.PathLike) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except FileNotFoundError:
+        raise DecodeError("no such image file") from None
+    except OSError as e:  # the file system's error (a symlink loop, a folder): its message names the raw path
+        raise DecodeError(
+            "cannot read image", "symlink loop" if e.errno == errno.ELOOP else e.strerror or type(e).__name__
+        ) from None
+
+
+def _open_rgb(data: bytes) -> Image.Image:
+    im = Image.open(io.BytesIO(data))
+    _check_pixels(im.size)  # other formats: Pillow has read the header, not the pixels
+    im.load()  # the pixels (of the first frame of an animation)
+    if im.mode in ("I", "I;16", "I;16B", "I;16L"):  # 16-bit gray (PNG, PNM): convert() would clip it to white
+        im = Image.fromarray((np.asarray(im, np.int64) >> 8).clip(0, 255).astype(np.uint8))  # the high byte, as TF
+    return im if im.mode == "RGB" else im.convert("RGB")  # no copy of an RGB image: a fresh 0.5 MB costs 0.7 ms here
+
+
+def _check_pixels(dims: tuple[int, int] | None) -> None:
+    if too_large(dims):
+        raise DecodeError("image too large to decode", f"{dims[0]}x{dims[1]} pixels, limit {MAX_PIXELS:,}")
+
+
+def _line(e: Exception) -> str:
+    """An exception's message as one short line (Pillow's are short; a plugin's may not be)."""
+    lines = str(e).strip().splitlines()
+    return lines[0][:160] if lines else type(e).__name__
