@@ -56,8 +56,8 @@ def correctness(tiny: bool, batch: int = 8) -> dict:
 
         @jax.jit
         def fwd(p, x):
-            feats = model.apply({"params": p}, preprocess_input(x, dtype), method=Classifier.backbone)
-            return feats.astype(jnp.float32), model.apply({"params": p}, feats, method=Classifier.head_logits)
+            feats = model.apply({"params": p}, preprocess_input(x, dtype), stop="fc2")
+            return feats.astype(jnp.float32), model.apply({"params": p}, feats, start="fc2")
 
         return [np.asarray(a) for a in fwd(params, x)]
 

@@ -100,6 +100,11 @@ BAD_TRAIN = [
     (["--seed", "-1"], "--seed", "-1"),
     (["--lr-mult", "conv=nan"], "--lr-mult", "conv=nan"),
     (["--lr-mult", "conv=-1"], "--lr-mult", "conv=-1"),
+    (["--top", "mlp:abc"], "--top", "mlp:abc"),
+    (["--top", "mlp:0"], "--top", "mlp:0"),
+    (["--top", "sum"], "--top", "sum"),
+    (["--cache-dtype", "int8"], "--cache-dtype", "int8"),
+    (["--interpolation", "cubic"], "--interpolation", "cubic"),
 ]
 
 

@@ -1,6 +1,6 @@
 """Padding rows (mask False) count for nothing: not in the train loss, accuracy or gradients, not in the eval
 sums, whatever they hold. Batches are padded to a fixed size so nothing recompiles; these tests check the
-padding is really inert, on images (through the network) and on cached features (head only)."""
+padding is really inert, on images (through the network) and on cached fc1 features (dropout, frozen fc2, head)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from tests.test_freeze import same_bits
-from vgg_jax.classifier import Classifier, feature_apply_fn, image_apply_fn
+from vgg_jax.classifier import Classifier, apply_fn, image_apply_fn
 from vgg_jax.freeze import split
 from vgg_jax.optim import make_optimizer
 from vgg_jax.step import create_state, eval_step, train_step
@@ -28,19 +28,19 @@ class Setup:
         self.kind, self.classes = kind, classes
         model = Classifier(**SMALL, head_units=1 if classes == 2 else classes)
         image = jax.numpy.zeros((1, SIZE, SIZE, 3))
-        params = model.init({"params": jax.random.key(SEED), "dropout": jax.random.key(SEED + 1)}, image)["params"]
+        params = model.init({"params": jax.random.key(SEED)}, image)["params"]
         if kind == "image":  # block1/2 frozen, the rest trained: gradients flow back through convs, fc1/fc2 and head
             self.trainable, self.frozen = split(params, "block2")
-            apply_fn = image_apply_fn(model)
-        else:  # what train() runs on cached features: the head alone, frozen = {}
-            self.trainable, self.frozen = {"head": params["head"]}, {}
-            apply_fn = feature_apply_fn(model)
+            apply = image_apply_fn(model)
+        else:  # what train() runs on the recipe's cached fc1 outputs: dropout, frozen fc2, dropout, the head
+            self.trainable, self.frozen = {"head": params["head"]}, {"fc2": params["fc2"]}
+            apply = apply_fn(model, "fc1")
         # SGD's first step is p - lr * g, so the updated params and the momentum trace are the gradients themselves.
         tx = make_optimizer(self.trainable, name="sgd", lr=0.1, momentum=0.9)
         self.state = create_state(self.trainable, tx, SEED)
-        self.step = jax.jit(partial(train_step, apply_fn=apply_fn, tx=tx))
-        self.eval = jax.jit(partial(eval_step, apply_fn=apply_fn))
-        self.logits = jax.jit(lambda x: apply_fn({**self.frozen, **self.trainable}, x, False, jax.random.key(0)))
+        self.step = jax.jit(partial(train_step, apply_fn=apply, tx=tx))
+        self.eval = jax.jit(partial(eval_step, apply_fn=apply))
+        self.logits = jax.jit(lambda x: apply({**self.frozen, **self.trainable}, x, False, None))
 
     def real_rows(self) -> dict:
         """Three random rows (uint8 images or float features) with random labels, seeded."""

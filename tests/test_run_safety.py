@@ -201,7 +201,7 @@ def test_files_we_write_honour_the_umask(folder, tmp_path, umask):
     files += [p for p in (tmp_path / "cache").rglob("*") if p.is_file() and "jax" not in p.parts]
     wrong = {str(p.relative_to(tmp_path)): oct(p.stat().st_mode & 0o777) for p in files if p.stat().st_mode & 0o777 != want}
     assert not wrong, f"umask {oct(umask)}: want {oct(want)}, got {wrong}"
-    assert {".png", ".json", ".npz", ".csv", ".safetensors"} <= {p.suffix for p in files}
+    assert {".png", ".json", ".npy", ".csv", ".safetensors"} <= {p.suffix for p in files}
     assert any(p.name == ".lock" for p in files)
 
 

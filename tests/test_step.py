@@ -15,7 +15,7 @@ from vgg_jax.classifier import Classifier, image_apply_fn
 from vgg_jax.freeze import POLICIES, split
 from vgg_jax.optim import make_optimizer
 from vgg_jax.preprocess import preprocess_input
-from vgg_jax.step import create_state, train_step
+from vgg_jax.step import create_state, dropout_keys, train_step
 
 SMALL = {"depths": (1, 1, 1, 1, 1), "widths": (8, 8, 16, 16, 16), "fc_units": 32}
 
@@ -44,8 +44,7 @@ def flops(fn, *args) -> float:
 def test_step_updates_and_optimises_only_the_trainable_params(policy):
     """The new state holds exactly the trainable params, every one moved, and optimizer state for them alone.
     (That the frozen params stay as loaded, through the trainer's own jit, is tests/test_freeze.py's.)"""
-    probe = split(init(Classifier(**SMALL)), policy)[0]
-    model = Classifier(**SMALL, dropout_on=tuple(k for k in ("fc1", "fc2") if k in probe))
+    model = Classifier(**SMALL)
     trainable, frozen = split(init(model), policy)
     tx = make_optimizer(trainable, lr=1e-2)
     step = jax.jit(partial(train_step, apply_fn=image_apply_fn(model), tx=tx))
@@ -90,7 +89,7 @@ def vgg16_costs():
 
     def step_cost(policy, clip=None):
         trainable, frozen = split(params, policy)
-        m = Classifier(dropout_on=tuple(k for k in ("fc1", "fc2") if k in trainable))
+        m = Classifier()
         tx = make_optimizer(trainable, clip_norm=clip)
         state = jax.eval_shape(lambda t: create_state(t, tx, 0), trainable)
         return flops(partial(train_step, apply_fn=image_apply_fn(m), tx=tx), state, frozen, batch)
@@ -132,17 +131,23 @@ def test_cost_analysis_sees_the_naive_trap(vgg16_costs):
     assert vgg16_costs["naive full grad + adam(all)"] > 2.5 * vgg16_costs["forward"]
 
 
-def test_dropout_only_on_trainable_fc():
+@pytest.mark.parametrize("rate", [0.5, 0.0])
+def test_dropout_acts_in_training_only_and_follows_the_keys(rate):
+    """Dropout after fc1/fc2 acts in training whatever is frozen (Keras' Dropout ignores `trainable`); the masks
+    come from the per-example keys; evaluation and rate 0 are deterministic and equal."""
     batch = small_batch()
-    for dropout_on, varies in (((), False), (("fc2",), True)):
-        model = Classifier(**SMALL, dropout_on=dropout_on)
-        params = init(model)
-        apply = image_apply_fn(model)
-        a = apply(params, batch["inputs"], True, jax.random.key(1))
-        b = apply(params, batch["inputs"], True, jax.random.key(2))
-        ev = apply(params, batch["inputs"], False, jax.random.key(1))
-        assert (not np.allclose(a, b)) == varies
-        assert np.allclose(ev, apply(params, batch["inputs"], False, jax.random.key(2)))
+    model = Classifier(**SMALL, dropout_rate=rate)
+    params = init(model)
+    apply = image_apply_fn(model)
+    n = len(batch["label"])
+    keys = lambda seed: dropout_keys(jax.random.key_data(jax.random.key(seed)), jnp.int32(0), n)  # noqa: E731
+    a, b = (apply(params, batch["inputs"], True, keys(seed)) for seed in (1, 2))
+    ev = apply(params, batch["inputs"], False, None)
+    assert np.array_equal(a, apply(params, batch["inputs"], True, keys(1)))
+    if rate:
+        assert not np.allclose(a, b) and not np.allclose(a, ev)
+    else:
+        assert np.array_equal(a, ev) and np.array_equal(b, ev)
 
 
 def test_learns_and_is_deterministic():

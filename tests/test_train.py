@@ -87,7 +87,7 @@ def test_feature_cache_equals_training_through_the_backbone(scratch_run, folder,
     jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-6), a, b)
     # A second run reuses the stored features ...
     train(cfg(folder, tmp_path / "again", weights=weights, epochs=1, cache_features=True))
-    assert "train features from" in capsys.readouterr().out
+    assert "train fc1 features from" in capsys.readouterr().out
 
 
 def test_stale_or_foreign_cache_is_never_used(scratch_run, folder, tmp_path, capsys):
@@ -104,22 +104,26 @@ def test_stale_or_foreign_cache_is_never_used(scratch_run, folder, tmp_path, cap
     train(cfg(data, tmp_path / "two", weights=weights, epochs=1))
     out = capsys.readouterr().out
     print(out)
-    assert "feature cache: train backbone pass" in out and "feature cache: valid features from" in out
+    assert "feature cache: train backbone pass" in out and "feature cache: valid fc1 features from" in out
 
 
 def test_foreign_cache_metadata_is_rejected(tmp_path, monkeypatch):
     from vgg_jax import features
 
     monkeypatch.setenv("VGG_JAX_CACHE", str(tmp_path))
-    fields = {"weights_sha256": "a" * 64, "data": "x"}
-    stored = features.Features(np.ones((3, 4), np.float32), np.ones(3, bool), np.zeros(3, np.int32))
-    d = features.store(fields, "train", stored)
-    assert features.load(fields, "train", 3) is not None
-    assert features.load(fields, "train", 4) is None  # a different number of examples
+    fields = {"weights": "a" * 64, "data": "x", "cut": "fc1"}
+    batch = {"image": np.ones((3, 4), np.float32), "mask": np.ones(3, bool), "label": np.zeros(3, np.int32)}
+    features.compute(fields, "train", [batch], lambda x: x, 3, (4,), "float32")
+    d = features.features_dir(fields)
+    assert features.load(fields, "train", 3, say=pytest.fail) is not None
+    said = []
+    assert features.load(fields, "train", 4, say=said.append) is None  # a different number of examples
     meta = json.loads((d / "train.json").read_text())
     meta["fields"]["data"] = "y"
     (d / "train.json").write_text(json.dumps(meta))
-    assert features.load(fields, "train", 3) is None
+    assert features.load(fields, "train", 3, say=said.append) is None
+    assert [s.split(": damaged (")[1].split(";")[0] for s in said] == [
+        "it holds 3 examples of float32, expected 4)", "its metadata does not match its key)"]
 
 
 def test_evaluate_and_predict_every_image_once(scratch_run, tmp_path, capsys):

@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from pathlib import Path
 
 import ml_dtypes
 import numpy as np
@@ -151,48 +152,56 @@ def some_features(seed: int, count: int = 12, dim: int = 6) -> features.Features
     )
 
 
+def store(fields: dict, split: str, cached: features.Features) -> Path:
+    """Writes `cached` through the cache's own writer (the identity as the network)."""
+    batch = {"image": cached.features, "mask": cached.ok, "label": cached.labels}
+    count, shape = len(cached.labels), cached.features.shape[1:]
+    features.compute(fields, split, [batch], lambda x: x, count, shape, "float32")
+    return features.features_dir(fields)
+
+
 def test_feature_cache_round_trip_with_umask_mode():
-    fields = {"weights_sha256": "a" * 64, "data": "x"}
+    fields = {"weights": "a" * 64, "data": "x", "cut": "fc1"}
     stored = some_features(1)
     old = os.umask(0o027)
     try:
-        d = features.store(fields, "train", stored)
+        d = store(fields, "train", stored)
     finally:
         os.umask(old)
     meta = json.loads((d / "train.json").read_text())
-    assert meta["sha256"] == hashlib.sha256((d / "train.npz").read_bytes()).hexdigest()
-    for name in ("train.npz", "train.json"):
+    assert meta["sha256"] == hashlib.sha256((d / "train.npy").read_bytes()).hexdigest()
+    for name in ("train.npy", "train.json"):
         assert os.stat(d / name).st_mode & 0o777 == 0o640, name
     loaded = features.load(fields, "train", 12, say=pytest.fail)
+    assert isinstance(loaded.features, np.memmap)  # mapped, not read whole
     for got, want in zip(loaded, stored):
         np.testing.assert_array_equal(got, want)
 
 
-@pytest.mark.parametrize("damage", ["foreign labels", "foreign shape", "truncated", "no checksum"])
+@pytest.mark.parametrize("damage", ["foreign values", "foreign shape", "truncated", "no checksum"])
 def test_foreign_feature_cache_is_recomputed(damage):
-    fields = {"weights_sha256": "b" * 64, "data": damage}
-    d = features.store(fields, "valid", some_features(2))
-    npz, meta_file = d / "valid.npz", d / "valid.json"
-    if damage == "foreign labels":  # a valid npz with the right shapes, from another key
-        other = some_features(2)
-        np.savez(npz, features=other.features, ok=other.ok, labels=1 - other.labels)
+    fields = {"weights": "b" * 64, "data": damage, "cut": "fc1"}
+    d = store(fields, "valid", some_features(2))
+    npy, meta_file = d / "valid.npy", d / "valid.json"
+    if damage == "foreign values":  # a valid array with the right shape, from another key
+        np.save(npy, some_features(3).features)
     elif damage == "foreign shape":
-        other = some_features(3, dim=9)
-        np.savez(npz, features=other.features, ok=other.ok, labels=other.labels)
+        np.save(npy, some_features(3, dim=9).features)
     elif damage == "truncated":
-        npz.write_bytes(npz.read_bytes()[:100])
+        npy.write_bytes(npy.read_bytes()[:100])
     else:
         meta = json.loads(meta_file.read_text())
         del meta["sha256"]
         meta_file.write_text(json.dumps(meta))
     said = []
     assert features.load(fields, "valid", 12, say=said.append) is None
-    assert said == [f"feature cache {d}/valid: checksum mismatch; recomputing"]
+    assert len(said) == 1 and said[0].startswith(f"feature cache {d}/valid: damaged ("), said
+    assert said[0].endswith("; recomputing"), said
 
 
 def test_trainer_recomputes_a_foreign_feature_cache(capsys, folder, tmp_path, monkeypatch):
     """End to end: the recipe's feature cache is filled, one split's file is replaced by a valid-looking one with
-    flipped labels, and the next run says so, recomputes, and stores the right features again."""
+    other values, and the next run says so, recomputes, and stores the right features again."""
     from vgg_jax.train import train
 
     monkeypatch.setenv("VGG_JAX_CACHE", str(tmp_path / "cache"))
@@ -201,16 +210,13 @@ def test_trainer_recomputes_a_foreign_feature_cache(capsys, folder, tmp_path, mo
     train(TrainConfig(data=str(folder), out=str(tmp_path / "a"), weights=str(weights), epochs=1, **SMALL))
     first = capsys.readouterr().out
     assert "feature cache: train backbone pass" in first, first
-    (npz,) = (tmp_path / "cache").glob("features/*/train.npz")
-    with np.load(npz) as f:
-        original = {k: f[k] for k in f.files}
-    np.savez(npz, features=original["features"], ok=original["ok"], labels=1 - original["labels"])
+    (npy,) = (tmp_path / "cache").glob("features/*/train.npy")
+    original = np.load(npy)
+    np.save(npy, original[::-1])
 
     train(TrainConfig(data=str(folder), out=str(tmp_path / "b"), weights=str(weights), epochs=1, **SMALL))
     second = capsys.readouterr().out
-    assert f"feature cache {npz.parent}/train: checksum mismatch; recomputing" in second, second
+    assert f"feature cache {npy.parent}/train: damaged (checksum mismatch); recomputing" in second, second
     assert "feature cache: train backbone pass" in second, second
-    assert "feature cache: valid features from" in second, second  # the untouched split is reused
-    with np.load(npz) as f:
-        np.testing.assert_array_equal(f["labels"], original["labels"])
-        np.testing.assert_array_equal(f["features"], original["features"])
+    assert "feature cache: valid fc1 features from" in second, second  # the untouched split is reused
+    np.testing.assert_array_equal(np.load(npy), original)

@@ -66,6 +66,7 @@ def _train_config(args: argparse.Namespace):
         top=args.top,
         image_size=args.image_size,
         resize=args.resize,
+        interpolation=args.interpolation,
         epochs=args.epochs,
         batch_size=args.batch_size,
         eval_batch_size=args.eval_batch_size,
@@ -82,6 +83,7 @@ def _train_config(args: argparse.Namespace):
         seed=args.seed,
         valid_fraction=args.valid_fraction,
         cache_features=args.cache_features,
+        cache_dtype=args.cache_dtype,
         checkpoint_every=args.checkpoint_every,
         keep_checkpoints=args.keep_checkpoints,
         dtype=args.dtype,
@@ -235,8 +237,8 @@ def build_parser() -> argparse.ArgumentParser:
 def _train_arguments(p: argparse.ArgumentParser) -> None:
     from vgg_jax import config
     from vgg_jax.arch import DEPTHS
-    from vgg_jax.data_decode import RESIZE_MODES
     from vgg_jax.freeze import POLICIES
+    from vgg_jax.resize import RESIZE_MODES
 
     p.add_argument(
         "--data",
@@ -263,7 +265,12 @@ def _train_arguments(p: argparse.ArgumentParser) -> None:
         help="freeze this layer and all below (fc2 = the recipe: head only)",
     )
     p.add_argument("--lr-mult", help="per-group learning-rate factors, e.g. conv=0.1,fc=0.5")
-    p.add_argument("--dropout", type=float, default=0.5, help="dropout on trainable fc layers")
+    p.add_argument(
+        "--dropout",
+        type=float,
+        default=0.5,
+        help="dropout rate after fc1 and fc2 (and MLP layers) in training, frozen or not, as Keras applied it; 0 = off",
+    )
     p.add_argument("--augment", action="store_true", help="random crop + horizontal flip (off in the recipe)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--valid-fraction", type=float, help="hold out this share of train when there is no valid split")
@@ -274,9 +281,13 @@ def _train_arguments(p: argparse.ArgumentParser) -> None:
         dest="cache_features",
         action="store_true",
         default=None,
-        help="train the head on stored backbone features (default when only the head trains)",
+        help="compute the frozen layers' output once, store it memory-mapped, train only what lies above "
+        "(default for the fc1/fc2/block5_pool/block4_pool cuts without --augment)",
     )
     cache.add_argument("--no-cache-features", dest="cache_features", action="store_false")
+    p.add_argument(
+        "--cache-dtype", default="float32", help="float32 (default) or bfloat16: how cached features are stored"
+    )
     p.add_argument(
         "--checkpoint-every", type=int, default=0, help="also checkpoint every N steps (default: epoch ends)"
     )
@@ -302,7 +313,17 @@ def _train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--process-id", type=int)
     p.add_argument("--image-size", type=int, default=224)
     p.add_argument("--resize", choices=RESIZE_MODES, default="squash")
-    p.add_argument("--top", choices=config.TOPS, default="fc", help="fc1/fc2 as in the recipe, or global pooling")
+    p.add_argument(
+        "--interpolation",
+        default="nearest",
+        help="nearest (default: what the recipe's flow_from_directory used) or bilinear (Pillow's, antialiased)",
+    )
+    p.add_argument(
+        "--top",
+        default="fc",
+        help="fc: fc1/fc2 as in the recipe; avg/max: global pooling; mlp:UNITS[,UNITS...]: new Dense+ReLU+dropout "
+        "layers on block5_pool, e.g. mlp:256",
+    )
     p.add_argument("--arch", choices=list(DEPTHS), default="vgg16")
     p.add_argument("--widths", help=argparse.SUPPRESS)  # small test variants, e.g. 8,8,16,16,16
     p.add_argument("--fc-units", type=int, help=argparse.SUPPRESS)

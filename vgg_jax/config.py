@@ -12,7 +12,7 @@ from vgg_jax.errors import UserError
 
 OPTIMIZERS = ("adam", "sgd")
 SCHEDULES = ("constant", "cosine")
-TOPS = ("fc", "avg", "max")
+CACHE_DTYPES = ("float32", "bfloat16")  # how cached features are stored
 DTYPES = ("float32", "bfloat16")  # compute dtypes; params stay float32
 MIN_IMAGE_SIZE = 32  # five 2x2 max-poolings
 MAX_SEED = 2**31 - 1  # numpy's SeedSequence refuses negative seeds; jax and tf.data take int32-sized ones
@@ -26,9 +26,10 @@ class TrainConfig:
     arch: str = "vgg16"
     widths: tuple[int, ...] | None = None  # small variants (tests, quick checks); None = VGG's 64..512
     fc_units: int | None = None  # None = 4096
-    top: str = "fc"  # "fc" keeps fc1/fc2 (recipe); "avg"/"max" pool block5 instead
+    top: str = "fc"  # "fc" keeps fc1/fc2 (recipe); "avg"/"max" pool block5; "mlp:256[,...]" new layers on it
     image_size: int = 224
     resize: str = "squash"
+    interpolation: str = "nearest"  # Keras' load_img/flow_from_directory default, which the recipe used
     epochs: int = 1
     batch_size: int = 32  # global: split over every device of every process
     eval_batch_size: int | None = None  # None = batch_size
@@ -40,12 +41,13 @@ class TrainConfig:
     clip_norm: float | None = None
     freeze_through: str = "fc2"
     lr_mult: str | None = None  # e.g. "conv=0.1,fc=0.5"
-    dropout: float = 0.5
+    dropout: float = 0.5  # after fc1 and fc2 (and MLP layers) in training, frozen or not, as Keras applied it
     augment: bool = False
     seed: int = 0
     valid_fraction: float | None = None
     tfds_manual_dir: str | None = None  # where tfds finds manually downloaded archives
-    cache_features: bool | None = None  # None = on when only the head trains and augment is off
+    cache_features: bool | None = None  # None = on when the cut is block4_pool or above and augment is off
+    cache_dtype: str = "float32"  # or "bfloat16": half the disk and memory for cached features
     checkpoint_every: int = 0  # steps between mid-epoch checkpoints; 0 = epoch ends only
     keep_checkpoints: int = 3
     dtype: str = "float32"  # or "bfloat16" (params stay float32)
@@ -65,14 +67,18 @@ class TrainConfig:
 
     def _check_choices(self) -> None:
         from vgg_jax.arch import DEPTHS
-        from vgg_jax.data_decode import RESIZE_MODES
+        from vgg_jax.classifier import is_top
         from vgg_jax.freeze import POLICIES
+        from vgg_jax.resize import INTERPOLATIONS, RESIZE_MODES
 
         choices = {"arch": tuple(DEPTHS), "optimizer": OPTIMIZERS, "schedule": SCHEDULES, "resize": RESIZE_MODES,
-                   "top": TOPS, "dtype": DTYPES, "freeze_through": POLICIES}  # fmt: skip
+                   "interpolation": INTERPOLATIONS, "dtype": DTYPES, "cache_dtype": CACHE_DTYPES,
+                   "freeze_through": POLICIES}  # fmt: skip
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 _refuse(name, f"must be one of {', '.join(allowed)}", getattr(self, name))
+        if not isinstance(self.top, str) or not is_top(self.top):
+            _refuse("top", "must be fc, avg, max or mlp:UNITS[,UNITS...] (e.g. mlp:256 or mlp:512,128)", self.top)
         if not isinstance(self.out, str) or not self.out:
             _refuse("out", "must name a run folder", self.out)
 
@@ -121,6 +127,7 @@ class TrainConfig:
         """A config from run.json's dict; unknown keys (from other versions) are ignored."""
         fields = {f.name for f in dataclasses.fields(cls)}
         values = {k: (tuple(v) if isinstance(v, list) else v) for k, v in data.items() if k in fields}
+        values.setdefault("interpolation", "bilinear")  # runs from before 0.3 were resized bilinearly
         return cls(**values)
 
     def replace(self, **changes) -> TrainConfig:

@@ -40,7 +40,7 @@ def load_run(run_dir: str | Path, weights: str | None = None, which: str | int =
     classes = info["classes"]
     probe = build_model(cfg, len(classes))
     trainable, frozen = split(init_params(probe, cfg, resolved), cfg.freeze_through)
-    model = probe.clone(dropout_on=tuple(k for k in ("fc1", "fc2") if k in trainable))
+    model = probe
     tx = make_optimizer(
         trainable,
         name=cfg.optimizer,
@@ -153,7 +153,8 @@ def predict(
 
 
 def _batches(data, source, cfg: TrainConfig, batch_size: int, labelled: bool = True):
-    for b in data.eval_batches(source, batch_size, image_size=cfg.image_size, resize=cfg.resize):
+    for b in data.eval_batches(source, batch_size, image_size=cfg.image_size, resize=cfg.resize,
+                               interpolation=cfg.interpolation):  # fmt: skip
         label = b["label"] if labelled else np.zeros(len(b["mask"]), np.int32)
         yield {"inputs": b["image"], "label": label, "mask": b["mask"], "id": b["id"]}
 

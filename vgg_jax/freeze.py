@@ -17,9 +17,11 @@ POLICIES = ("fc2", "fc1", "block5", "block4", "block3", "block2", "block1", "non
 
 
 def group_of(layer: str) -> str:
-    """'block3_conv2' -> 'block3'; 'fc1' -> 'fc1'; 'head' -> 'head'."""
+    """'block3_conv2' -> 'block3'; 'fc1' -> 'fc1'; 'head' and 'mlp1' -> 'head'."""
     match = re.match(r"(block\d+)_conv\d+$", layer)
-    return match.group(1) if match else layer
+    if match:
+        return match.group(1)
+    return "head" if re.fullmatch(r"mlp\d+", layer) else layer  # an MLP top's new layers train with the head
 
 
 def trainable_layers(params: Mapping[str, Any], freeze_through: str) -> set[str]:
@@ -27,7 +29,9 @@ def trainable_layers(params: Mapping[str, Any], freeze_through: str) -> set[str]
     if freeze_through not in POLICIES:
         raise UserError(f"--freeze-through must be one of {', '.join(POLICIES)}. Received: {freeze_through!r}")
     groups = {group_of(layer) for layer in params}
-    if freeze_through != "none" and freeze_through not in groups:
+    # fc1/fc2 on a top without them (pooled, MLP) mean what they mean on the fc top: everything below the head.
+    no_fc = freeze_through in ("fc1", "fc2") and not groups & {"fc1", "fc2"}
+    if freeze_through != "none" and freeze_through not in groups and not no_fc:
         raise UserError(
             f"--freeze-through {freeze_through} matches no parameter; this model has {', '.join(g for g in ORDER if g in groups)}"
         )

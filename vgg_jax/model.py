@@ -50,13 +50,17 @@ class VGG(nn.Module):
             self.fc2 = nn.Dense(self.fc_units, dtype=self.dtype)
             self.predictions = nn.Dense(self.classes, dtype=self.dtype)
 
+    def block(self, b: int, x: jax.Array) -> jax.Array:
+        """Conv block `b` (1-based): its 3x3 convs with ReLU, then the 2x2 max-pool (Keras' `block{b}_pool`)."""
+        x = jnp.asarray(x, self.dtype)
+        for i in range(1, self.depths[b - 1] + 1):
+            x = nn.relu(getattr(self, f"block{b}_conv{i}")(x))
+        return nn.max_pool(x, (2, 2), strides=(2, 2))
+
     def features(self, x: jax.Array) -> jax.Array:
         """Conv blocks: [B, H, W, 3] preprocessed images -> [B, H/32, W/32, C] block5_pool output."""
-        x = jnp.asarray(x, self.dtype)
-        for b, n in enumerate(self.depths, 1):
-            for i in range(1, n + 1):
-                x = nn.relu(getattr(self, f"block{b}_conv{i}")(x))
-            x = nn.max_pool(x, (2, 2), strides=(2, 2))
+        for b in range(1, len(self.depths) + 1):
+            x = self.block(b, x)
         return x
 
     def top(self, x: jax.Array) -> jax.Array:

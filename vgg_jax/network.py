@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 
 from vgg_jax import arch, params_io
-from vgg_jax.classifier import Classifier
+from vgg_jax.classifier import Classifier, cut_shape
 from vgg_jax.config import TrainConfig
 from vgg_jax.errors import UserError
 from vgg_jax.paths import file_digest, imagenet_params_path
@@ -43,7 +43,8 @@ def resolve_weights(spec: str | None) -> Weights:
     return Weights(str(path), file_digest(path))
 
 
-def build_model(cfg: TrainConfig, num_classes: int, dropout_on: tuple[str, ...] = ()) -> Classifier:
+def build_model(cfg: TrainConfig, num_classes: int) -> Classifier:
+    """The Classifier `cfg` describes, with a sigmoid head for two classes, else softmax."""
     if cfg.arch not in arch.DEPTHS:
         raise UserError(f"--arch must be one of {', '.join(arch.DEPTHS)}. Received: {cfg.arch!r}")
     if num_classes < 2:
@@ -57,32 +58,37 @@ def build_model(cfg: TrainConfig, num_classes: int, dropout_on: tuple[str, ...] 
         top=cfg.top,
         head_units=1 if num_classes == 2 else num_classes,
         dropout_rate=cfg.dropout,
-        dropout_on=dropout_on,
         dtype=DTYPES[cfg.dtype],
     )
 
 
 def init_params(model: Classifier, cfg: TrainConfig, weights: Weights) -> dict:
-    """All params: the backbone from the weights file (shape-checked) or random, the head fresh from cfg.seed."""
+    """All params: the backbone from the weights file (shape-checked) or random; the new layers (head, and
+    an MLP top's layers) fresh from cfg.seed."""
     sample = jnp.zeros((1, cfg.image_size, cfg.image_size, 3), jnp.float32)
-    keys = {"params": jax.random.key(cfg.seed), "dropout": jax.random.key(cfg.seed + 1)}
+    keys = {"params": jax.random.key(cfg.seed)}
     if weights.path is None:
         return jax.jit(model.init)(keys, sample)["params"]
     like = jax.eval_shape(model.init, keys, sample)["params"]
     meta = params_io.read_metadata(weights.path)
     if meta.get("architecture") not in (None, cfg.arch):
         raise UserError(f"{weights.path}: holds {meta['architecture']} params, but --arch is {cfg.arch}")
-    backbone_like = {k: v for k, v in like.items() if k != "head"}
+    new = new_layers(model, like)
     if cfg.top == "fc" and "fc1" not in params_io.load_keys(weights.path):
         raise UserError(
             f"{weights.path}: a no-top file (no fc1/fc2), but --top fc needs them; use the full file or --top avg"
         )
-    backbone = params_io.load(weights.path, like=backbone_like)
-    # The head alone is initialised randomly: a small jit, not the whole network's init.
-    head_init = jax.jit(lambda k, f: model.init(k, f, method=Classifier.head_logits))
-    feature_dim = like["head"]["kernel"].shape[0]
-    head = head_init(keys, jnp.zeros((1, feature_dim), jnp.float32))["params"]["head"]
-    return {**jax.tree.map(jnp.asarray, backbone), "head": head}
+    backbone = params_io.load(weights.path, like={k: v for k, v in like.items() if k not in new})
+    # The new layers alone are initialised randomly: a small jit from the last pretrained stage, not the whole init.
+    start = "fc2" if cfg.top == "fc" else f"block{len(model.depths)}_pool"
+    inputs = jnp.zeros((1, *cut_shape(model, start, cfg.image_size)), jnp.float32)
+    fresh = jax.jit(lambda k, h: model.init(k, h, start=start))(keys, inputs)["params"]
+    return {**jax.tree.map(jnp.asarray, backbone), **{k: fresh[k] for k in new}}
+
+
+def new_layers(model: Classifier, params: dict) -> set[str]:
+    """Layers no weights file holds: the head and an MLP top's layers (they run after every VGG stage)."""
+    return {k for k in params if model.stage_of(k) == "logits"}
 
 
 def param_bytes(tree) -> int:

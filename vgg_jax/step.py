@@ -16,7 +16,7 @@ import optax
 
 from vgg_jax.freeze import merge
 
-# apply_fn(params, inputs, train, dropout_rng) -> float32 logits [B, units]
+# apply_fn(params, inputs, train, dropout_keys) -> float32 logits [B, units]; dropout_keys: one key per example
 ApplyFn = Callable[[Mapping[str, Any], jax.Array, bool, jax.Array], jax.Array]
 
 
@@ -25,7 +25,7 @@ class TrainState:
     step: jax.Array
     params: dict  # trainable only
     opt_state: optax.OptState
-    rng: jax.Array  # base key; step k uses fold_in(rng, k), so a resumed run draws the same dropout masks
+    rng: jax.Array  # base key; example row r of step k uses fold_in(fold_in(rng, k), r): resumed runs draw the same masks
 
 
 def create_state(trainable: Mapping[str, Any], tx: optax.GradientTransformation, seed: int) -> TrainState:
@@ -54,6 +54,13 @@ def probabilities(logits: jax.Array) -> jax.Array:
     return jax.nn.softmax(logits, axis=-1)
 
 
+def dropout_keys(rng: jax.Array, step: jax.Array, batch_size: int) -> jax.Array:
+    """One PRNG key per example row of a step: keyed by (step, row), so the masks depend on nothing else
+    (not on whether the inputs are images or cached features, nor on how the batch is sharded)."""
+    step_key = jax.random.fold_in(jax.random.wrap_key_data(rng), step)
+    return jax.vmap(lambda row: jax.random.fold_in(step_key, row))(jnp.arange(batch_size))
+
+
 def _masked_mean(values: jax.Array, mask: jax.Array) -> jax.Array:
     mask = mask.astype(jnp.float32)
     return jnp.sum(values * mask) / jnp.maximum(jnp.sum(mask), 1.0)
@@ -68,10 +75,10 @@ def train_step(
     tx: optax.GradientTransformation,
 ) -> tuple[TrainState, dict[str, jax.Array]]:
     """One optimizer step on batch {"inputs", "label", "mask"}; returns the new state and mean loss/accuracy."""
-    rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
+    keys = dropout_keys(state.rng, state.step, batch["label"].shape[0])
 
     def loss_fn(trainable):
-        logits = apply_fn(merge(trainable, frozen), batch["inputs"], True, rng)
+        logits = apply_fn(merge(trainable, frozen), batch["inputs"], True, keys)
         return _masked_mean(losses(logits, batch["label"]), batch["mask"]), logits
 
     (loss, logits), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
@@ -92,7 +99,7 @@ def eval_step(
     apply_fn: ApplyFn,
 ) -> dict[str, jax.Array]:
     """Sums over the real (mask=True) examples, plus per-example probabilities for predict/confusion."""
-    logits = apply_fn(merge(trainable, frozen), batch["inputs"], False, jax.random.key(0))
+    logits = apply_fn(merge(trainable, frozen), batch["inputs"], False, None)
     mask = batch["mask"].astype(jnp.float32)
     return {
         "loss_sum": jnp.sum(losses(logits, batch["label"]) * mask),

@@ -21,7 +21,7 @@ import vgg_jax
 from vgg_jax import features as feature_cache
 from vgg_jax import parallel, rundir
 from vgg_jax.checkpoint import Checkpoints, Position
-from vgg_jax.classifier import Classifier, feature_apply_fn, image_apply_fn
+from vgg_jax.classifier import Classifier, apply_fn, cut_shape
 from vgg_jax.config import TrainConfig
 from vgg_jax.errors import UserError
 from vgg_jax.freeze import parse_lr_mults, split
@@ -69,15 +69,20 @@ def open_sources(cfg: TrainConfig):
     return train_src, valid_src
 
 
-def use_feature_cache(cfg: TrainConfig, topo: Topology) -> bool:
-    possible = cfg.freeze_through == "fc2" and not cfg.augment
-    if cfg.cache_features and not possible:
-        raise UserError(
-            "--cache-features needs everything below the head frozen (--freeze-through fc2) and no --augment"
-        )
-    if cfg.cache_features and topo.process_count > 1:
-        raise UserError("--cache-features works in single-process runs only; drop it for multi-host training")
-    return possible and topo.process_count == 1 if cfg.cache_features is None else cfg.cache_features
+def cache_cut(cfg: TrainConfig, topo: Topology) -> str | None:
+    """The cut whose cached outputs feed the steps, or None to train through the whole network."""
+    cut = feature_cache.cut_for(cfg.top, cfg.freeze_through, cfg.dropout)
+    if cfg.cache_features:
+        if cut is None or cfg.augment:
+            raise UserError("--cache-features needs a frozen part (--freeze-through other than none) and no --augment")
+        if topo.process_count > 1:
+            raise UserError("--cache-features works in single-process runs only; drop it for multi-host training")
+        return cut
+    if cfg.cache_features is None and cut is not None and not cfg.augment and topo.process_count == 1:
+        if cut in feature_cache.DEFAULT_CUTS:
+            return cut
+        say(f"feature cache: off by default at {cut} (large, and little compute saved); --cache-features turns it on")
+    return None
 
 
 def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -> dict:
@@ -132,7 +137,7 @@ def _train(cfg, topo, resume, train_src, valid_src, weights, probe, trainable, f
     say(f"weights: {weights.label}")
     devices = f"{topo.mesh.size} {jax.devices()[0].platform.upper()} device(s)"
     say(f"mesh: {devices} in {topo.process_count} process(es); global batch {cfg.batch_size}, {local_bs} per process")
-    model = probe.clone(dropout_on=tuple(k for k in ("fc1", "fc2") if k in trainable))
+    model = probe
     tx = make_optimizer(
         trainable, name=cfg.optimizer, lr=cfg.lr, total_steps=cfg.epochs * steps_per_epoch, warmup_steps=cfg.warmup_steps,
         cosine=cfg.schedule == "cosine", momentum=cfg.momentum, clip_norm=cfg.clip_norm, lr_mults=parse_lr_mults(cfg.lr_mult),
@@ -150,27 +155,27 @@ def _train(cfg, topo, resume, train_src, valid_src, weights, probe, trainable, f
             say(f"resuming from step {latest} (epoch {position.epoch + 1}, batch {position.batch})")
         else:
             say("no usable checkpoint yet; starting from step 0")
+    cut = cache_cut(cfg, topo)
     if topo.lead:
-        rundir.write_run(run_dir, _run_info(cfg, train_src, valid_src, weights, state, frozen, topo))
+        rundir.write_run(run_dir, _run_info(cfg, train_src, valid_src, weights, state, frozen, topo, cut))
     say(
         f"trainable: {', '.join(sorted(trainable))} ({param_bytes(trainable) // 4:,} params); frozen: {param_bytes(frozen) // 4:,} params"
     )
     metrics = rundir.Metrics(run_dir, resume_step=int(state.step) if resume else None, say=say) if topo.lead else None
 
     frozen = parallel.put(frozen, parallel.shardings_for(frozen, topo.mesh, cfg.shard_fc))
-    if use_feature_cache(cfg, topo):
-        inputs = _cached_features(cfg, model, frozen, weights, train_src, valid_src, local_eval_bs)
-        apply_fn = feature_apply_fn(model)
+    if cut is not None:
+        inputs = _cached_features(cfg, model, frozen, weights, train_src, valid_src, local_eval_bs, cut)
         epoch_batches = partial(_feature_batches, inputs["train"], train_src, cfg)
         valid_batches = partial(_feature_eval_batches, inputs["valid"], local_eval_bs)
-        frozen = {}  # the step only runs the head
+        frozen = above(model, frozen, cut)  # the step only runs what lies above the cut
     else:
-        apply_fn = image_apply_fn(model)
         epoch_batches = partial(_image_batches, train_src, cfg, local_bs, topo)
         valid_batches = partial(_image_eval_batches, valid_src, cfg, local_eval_bs, topo)
+    apply = apply_fn(model, cut or "input")
     frozen_sh = parallel.shardings_for(frozen, topo.mesh, cfg.shard_fc)
-    step_fn = parallel.jit_step(partial(train_step, apply_fn=apply_fn, tx=tx), state_sh, frozen_sh, topo.mesh)
-    eval_fn = parallel.jit_eval(partial(eval_step, apply_fn=apply_fn), state_sh.params, frozen_sh, topo.mesh)
+    step_fn = parallel.jit_step(partial(train_step, apply_fn=apply, tx=tx), state_sh, frozen_sh, topo.mesh)
+    eval_fn = parallel.jit_eval(partial(eval_step, apply_fn=apply), state_sh.params, frozen_sh, topo.mesh)
 
     result = {}
     try:
@@ -273,13 +278,16 @@ def evaluate_batches(eval_fn, trainable, frozen, batches, mesh, keep_probs: bool
     }  # fmt: skip
 
 
-def _run_info(cfg, train_src, valid_src, weights, state, frozen, topo) -> dict:
+def _run_info(cfg, train_src, valid_src, weights, state, frozen, topo, cut: str | None) -> dict:
     return {
         "config": cfg.to_json(),
         "classes": train_src.class_names,
         "data": {"train": train_src.fingerprint, "valid": valid_src.fingerprint, "train_examples": train_src.num_examples,
                  "valid_examples": valid_src.num_examples, "skipped": len(train_src.skipped) + len(valid_src.skipped)},
         "weights": {"path": weights.path, "sha256": weights.sha256},
+        "input": {"resize": cfg.resize, "interpolation": cfg.interpolation, "image_size": cfg.image_size},
+        "dropout": {"rate": cfg.dropout, "after": _dropout_layers(cfg.top), "in_training_even_if_frozen": True},
+        "feature_cache": {"cut": cut, "dtype": cfg.cache_dtype},
         "params": {"trainable": param_bytes(state.params) // 4, "frozen": param_bytes(frozen) // 4,
                    "optimizer_state_bytes": param_bytes(state.opt_state)},
         "topology": {"devices": topo.mesh.size, "processes": topo.process_count, "platform": jax.devices()[0].platform},
@@ -290,7 +298,8 @@ def _run_info(cfg, train_src, valid_src, weights, state, frozen, topo) -> dict:
 def _image_batches(source, cfg: TrainConfig, local_bs: int, topo: Topology, epoch: int, start: int):
     from vgg_jax import data
 
-    for b in data.train_batches(source, local_bs, image_size=cfg.image_size, resize=cfg.resize, seed=cfg.seed, epoch=epoch,
+    for b in data.train_batches(source, local_bs, image_size=cfg.image_size, resize=cfg.resize,
+                                interpolation=cfg.interpolation, seed=cfg.seed, epoch=epoch,
                                 augment=cfg.augment, process_index=topo.process_index, process_count=topo.process_count,
                                 start_batch=start):  # fmt: skip
         yield {"inputs": b["image"], "label": b["label"], "mask": b["mask"]}
@@ -300,67 +309,106 @@ def _image_eval_batches(source, cfg: TrainConfig, local_bs: int, topo: Topology)
     from vgg_jax import data
 
     for b in data.eval_batches(source, local_bs, image_size=cfg.image_size, resize=cfg.resize,
-                               process_index=topo.process_index, process_count=topo.process_count):  # fmt: skip
+                               interpolation=cfg.interpolation, process_index=topo.process_index, process_count=topo.process_count):  # fmt: skip
         yield {"inputs": b["image"], "label": b["label"], "mask": b["mask"], "id": b["id"]}
 
 
+def _dropout_layers(top: str) -> list[str]:
+    from vgg_jax.classifier import mlp_units
+
+    if top == "fc":
+        return ["fc1", "fc2"]
+    return [f"mlp{i}" for i in range(1, len(mlp_units(top) or ()) + 1)]
+
+
+def above(model: Classifier, frozen: dict, cut: str) -> dict:
+    """The frozen layers that run above `cut` (fc2 for the recipe's fc1 cut; none for a blockN_pool cut)."""
+    stages = model.stages()
+    return {k: v for k, v in frozen.items() if stages.index(model.stage_of(k)) > stages.index(cut)}
+
+
 def _feature_batches(cached: feature_cache.Features, source, cfg: TrainConfig, epoch: int, start: int):
-    """The same examples in the same order as the image pipeline gives (data.permutation), as cached features."""
+    """The same examples in the same order as the image pipeline gives (data.permutation), from the cache."""
     from vgg_jax import data
 
-    features, ok, labels = cached
     steps = data.steps_per_epoch(source, cfg.batch_size)
     order = data.permutation(source.num_examples, cfg.seed, epoch)[: steps * cfg.batch_size]
     for i in range(start, steps):
-        idx = order[i * cfg.batch_size : (i + 1) * cfg.batch_size]
-        yield {"inputs": features[idx], "label": labels[idx], "mask": ok[idx]}
+        yield feature_cache.gather(cached, order[i * cfg.batch_size : (i + 1) * cfg.batch_size])
 
 
 def _feature_eval_batches(cached: feature_cache.Features, batch_size: int):
-    features, ok, labels = cached
-    for i in range(0, len(features), batch_size):
-        n = min(batch_size, len(features) - i)
-        pad = batch_size - n
-        yield {
-            "inputs": np.concatenate([features[i : i + n], np.zeros((pad, features.shape[1]), features.dtype)]),
-            "label": np.concatenate([labels[i : i + n], np.zeros(pad, np.int32)]),
-            "mask": np.concatenate([ok[i : i + n], np.zeros(pad, bool)]),
-        }
+    """Every cached example once, in order; the last batch padded with masked zeros."""
+    count = len(cached.labels)
+    for i in range(0, count, batch_size):
+        batch = feature_cache.gather(cached, np.arange(i, min(i + batch_size, count)))
+        pad = batch_size - len(batch["label"])
+        yield {k: np.concatenate([v, np.zeros((pad, *v.shape[1:]), v.dtype)]) if pad else v for k, v in batch.items()}
 
 
-def _cached_features(cfg, model: Classifier, frozen, weights, train_src, valid_src, batch_size: int) -> dict:
-    """Backbone features for train and valid, from the cache when its key matches, else computed once and stored."""
+def _cached_features(cfg, model: Classifier, frozen, weights, train_src, valid_src, batch_size: int, cut: str) -> dict:
+    """The cut's outputs for train and valid: from the cache when their key matches, else computed once and stored."""
     from vgg_jax import data
+
+    shape = cut_shape(model, cut, cfg.image_size)
+    sources = {"train": train_src, "valid": valid_src}
+    fields = {name: _cache_fields(cfg, weights, source, cut) for name, source in sources.items()}
+    out, missing = {}, []
+    for name, source in sources.items():
+        cached = feature_cache.load(fields[name], name, source.num_examples, say=say)
+        if cached is not None:
+            say(f"feature cache: {name} {cut} features from {feature_cache.features_dir(fields[name])}")
+            out[name] = cached
+        else:
+            missing.append(name)
+    if not missing:
+        return out
+    needed = sum(feature_cache.nbytes(sources[s].num_examples, shape, cfg.cache_dtype) for s in missing)
+    what = " + ".join(f"{s} {sources[s].num_examples:,}" for s in missing)
+    per_image = feature_cache.nbytes(1, shape, cfg.cache_dtype)
+    layout = "x".join(map(str, shape))
+    say(feature_cache.check_space(feature_cache.features_dir(fields[missing[0]]).parent,
+                                  needed, f"{cut} outputs of {layout} {cfg.cache_dtype} ({per_image:,} bytes per image) for {what} images"))  # fmt: skip
+    below = _below_fn(model, cut, cfg.cache_dtype)
+    for name in missing:
+        source, t0 = sources[name], time.perf_counter()
+        batches = data.eval_batches(source, batch_size, image_size=cfg.image_size, resize=cfg.resize,
+                                    interpolation=cfg.interpolation)  # fmt: skip
+        out[name] = feature_cache.compute(fields[name], name, batches, lambda x: below(frozen, x),
+                                          source.num_examples, shape, cfg.cache_dtype)  # fmt: skip
+        seconds = time.perf_counter() - t0
+        say(f"feature cache: {name} backbone pass over {source.num_examples} images in {seconds:.1f} s")
+    return out
+
+
+def _below_fn(model: Classifier, cut: str, cache_dtype: str):
+    """Jitted: uint8 images -> the cut's output, in the cache's storage dtype."""
+    import jax.numpy as jnp
+
     from vgg_jax.preprocess import preprocess_input
 
-    if weights.path is None:
-        say("feature cache: off for a random backbone (nothing to reuse); computing features in memory")
-    backbone = jax.jit(
-        lambda p, x: model.apply({"params": p}, preprocess_input(x, model.dtype), method=Classifier.backbone),
+    store = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[cache_dtype]
+    return jax.jit(
+        lambda p, x: model.apply({"params": p}, preprocess_input(x, model.dtype), stop=cut).astype(store),
         **parallel.jit_options(),
     )
-    out = {}
-    for split_name, source in (("train", train_src), ("valid", valid_src)):
-        fields = {
-            "weights_sha256": weights.sha256, "data": source.fingerprint, "image_size": cfg.image_size, "resize": cfg.resize,
-            "preprocessing": feature_cache.PREPROCESSING, "arch": cfg.arch, "widths": cfg.widths, "fc_units": cfg.fc_units,
-            "top": cfg.top, "dtype": cfg.dtype,
-        }  # fmt: skip
-        cached = feature_cache.load(fields, split_name, source.num_examples) if weights.path else None
-        if cached is not None:
-            say(f"feature cache: {split_name} features from {feature_cache.features_dir(fields)}")
-            out[split_name] = cached
-            continue
-        t0 = time.perf_counter()
-        batches = data.eval_batches(source, batch_size, image_size=cfg.image_size, resize=cfg.resize)
-        computed = feature_cache.compute(batches, lambda x: backbone(frozen, x), source.num_examples)
-        say(
-            f"feature cache: {split_name} backbone pass over {source.num_examples} images in {time.perf_counter() - t0:.1f} s"
-        )
-        if weights.path:
-            feature_cache.store(fields, split_name, computed)
-        out[split_name] = computed
-    return out
+
+
+def _cache_fields(cfg: TrainConfig, weights, source, cut: str) -> dict:
+    """Everything the cut's outputs depend on; the data by the files' contents, not their names or times."""
+    import flax
+
+    if weights.sha256 is not None:
+        weights_key = weights.sha256
+    else:  # a random backbone is a pure function of the seed, the network and the library versions
+        weights_key = f"random-init seed {cfg.seed} top {cfg.top} flax {flax.__version__} jax {jax.__version__}"
+    data_key = source.fingerprint if source.tfds is not None else feature_cache.contents_digest(source.paths, say=say)
+    return {
+        "weights": weights_key, "data": data_key, "image_size": cfg.image_size, "resize": cfg.resize,
+        "interpolation": cfg.interpolation, "preprocessing": feature_cache.PREPROCESSING, "arch": cfg.arch,
+        "widths": cfg.widths, "fc_units": cfg.fc_units if cut in ("fc1", "fc2") else None, "cut": cut,
+        "dtype": cfg.dtype, "cache_dtype": cfg.cache_dtype,
+    }  # fmt: skip
 
 
 def _check_same_inputs(run_dir: Path, train_src, weights) -> None:
