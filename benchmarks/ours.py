@@ -2,7 +2,7 @@
 
     python benchmarks/ours.py --variant frozen --batch 8 [--steps 5 --warmup 1 --dtype float32 --xla tuned]
 
-Variants: the step variants of `vgg_jax.bench` (infer, frozen, block5, full, cached, naive), built by the
+Variants: the step variants of `vgg_jax.bench` (infer, frozen, block5, full, naive), built by the
 same code `vgg-jax bench` uses (the trainer's jitted train_step / eval_step with its shardings), plus
   ceiling  a single 3x3 conv (8x56x56x256 -> 256, SAME) and a 4096^3 matmul in JAX
   decode   the input pipeline (vgg_jax.data via benchmarks/bench_data.py): decoded 224x224 images/s

@@ -35,20 +35,18 @@ def test_flop_basis_is_vgg16s():
 
 
 def test_vgg_jax_bench_prints_a_table(tmp_path):
-    out = tmp_path / "rows.jsonl"
+    out, variants = tmp_path / "rows.jsonl", ("infer", "frozen", "naive")
     r = run(
-        ["-m", "vgg_jax", "bench", "--tiny", "--variants", "infer,frozen,cached,naive", "--batch-sizes", "4",
+        ["-m", "vgg_jax", "bench", "--tiny", "--variants", ",".join(variants), "--batch-sizes", "4",
          "--dtype", "float32,bfloat16", "--steps", "2", "--json", str(out)],
         tmp_path,
     )  # fmt: skip
     assert r.returncode == 0, r.stderr[-2000:]
     table = [line for line in r.stdout.splitlines() if line.startswith("| ")]
     assert table[0].startswith("| variant | dtype | batch | img/s")
-    assert len(table) == 1 + 8  # header + one row per variant and dtype
+    assert len(table) == 1 + 2 * len(variants)  # header + one row per variant and dtype
     rows = [json.loads(line) for line in out.read_text().splitlines()]
-    assert {(x["variant"], x["dtype"]) for x in rows} == {
-        (v, d) for v in ("infer", "frozen", "cached", "naive") for d in ("float32", "bfloat16")
-    }
+    assert {(x["variant"], x["dtype"]) for x in rows} == {(v, d) for v in variants for d in ("float32", "bfloat16")}
     assert all(x["img_per_s"] > 0 and x["batch"] == 4 for x in rows)
 
 
@@ -102,7 +100,7 @@ def test_runner_quick_writes_results_and_reports_missing_peers_as_skipped(tmp_pa
     out = tmp_path / "out"
     r = run(
         ["benchmarks/run_all.py", "--quick", "--out", str(out),
-         "--only", "ceiling-jax,ours-infer,ours-frozen,ours-cached,torch-nchw-train"],
+         "--only", "ceiling-jax,ours-infer,ours-frozen,ours-naive,torch-nchw-train"],
         tmp_path,
         PYTHONPATH=f"{fake}{os.pathsep}{REPO}",
     )  # fmt: skip
@@ -110,10 +108,11 @@ def test_runner_quick_writes_results_and_reports_missing_peers_as_skipped(tmp_pa
     doc = json.loads((out / "results.json").read_text())
     by_name = {j["name"]: j["result"] for j in doc["jobs"]}
     assert "skipped" in by_name["torch-nchw-train"] and "error" not in by_name["torch-nchw-train"]
-    for name in ("ours-infer", "ours-frozen", "ours-cached"):
+    for name in ("ours-infer", "ours-frozen", "ours-naive"):
         assert by_name[name]["median_s"] > 0 and by_name[name]["process_peak_rss_mb"] > 0
         assert by_name[name]["loadavg_before"] and by_name[name]["loadavg_after"]
     md = (out / "RESULTS.md").read_text()
     assert "| PyTorch eager nchw train step | skipped: torch not installed" in md
     assert "frozen-head step >= 0.95x our inference, batch 4" in md
+    assert "[CACHE_RESULTS.md](CACHE_RESULTS.md) (benchmarks/bench_cache.py, through the trainer)." in md
     assert (out / "chart.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -5,7 +5,6 @@ Variants (the step functions `vgg-jax train`/`evaluate` run, jitted with the sam
   frozen  train_step, everything below the head frozen (--freeze-through fc2, the recipe)
   block5  train_step, block5 + fc1 + fc2 + head trained (--freeze-through block4)
   full    train_step, every layer trained (--freeze-through none)
-  cached  train_step of the head alone on cached 4096-d features (the feature cache)
   naive   reference, not a library option: gradients of ALL params, then chain(adam, masked(set_to_zero))
 
 Weights are He-scaled random numbers (shapes from `jax.eval_shape`, never a jitted init), so activations
@@ -26,8 +25,8 @@ from functools import partial
 
 import numpy as np
 
-VARIANTS = ("infer", "frozen", "block5", "full", "cached", "naive")
-FREEZE = {"frozen": "fc2", "block5": "block4", "full": "none", "cached": "fc2", "naive": "fc2"}
+VARIANTS = ("infer", "frozen", "block5", "full", "naive")
+FREEZE = {"frozen": "fc2", "block5": "block4", "full": "none", "naive": "fc2"}
 TINY = {"depths": (1, 1, 1, 1, 1), "widths": (8, 8, 16, 16, 16), "fc_units": 32}
 
 
@@ -73,8 +72,6 @@ def layer_macs(depths, widths, fc_units: int, image_size: int) -> list[tuple[str
 def gflop_per_image(variant: str, depths, widths, fc_units: int, image_size: int) -> float:
     """Forward, plus weight gradients of the trained layers and input gradients above the lowest trained one."""
     macs = layer_macs(depths, widths, fc_units, image_size)
-    if variant == "cached":
-        return 2 * macs[-1][1] * 3 / 1e9
     total = sum(m for _, m in macs)
     if variant != "infer":
         from vgg_jax.freeze import ORDER, group_of
@@ -129,7 +126,7 @@ def build(variant: str, batch: int, dtype: str = "float32", tiny: bool = False, 
     import optax
 
     from vgg_jax import arch, parallel
-    from vgg_jax.classifier import Classifier, feature_apply_fn, image_apply_fn
+    from vgg_jax.classifier import Classifier, image_apply_fn
     from vgg_jax.freeze import split
     from vgg_jax.optim import make_optimizer
     from vgg_jax.step import create_state, eval_step, train_step
@@ -139,8 +136,8 @@ def build(variant: str, batch: int, dtype: str = "float32", tiny: bool = False, 
     size = image_size or (32 if tiny else arch.IMAGE_SIZE)
     shape = TINY if tiny else {"depths": arch.DEPTHS["vgg16"], "widths": arch.WIDTHS, "fc_units": arch.FC_UNITS}
     compute = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[dtype]
-    probe = Classifier(**shape, dtype=compute)
-    params = he_params(probe, size, seed)
+    model = Classifier(**shape, dtype=compute)
+    params = he_params(model, size, seed)
     mesh = parallel.make_mesh()
     parallel.check_batch_size(batch, mesh, "batch")
     rng = np.random.default_rng(seed + 1)
@@ -148,13 +145,8 @@ def build(variant: str, batch: int, dtype: str = "float32", tiny: bool = False, 
     trainable, frozen = split(params, FREEZE.get(variant, "fc2"))
     trainable = jax.tree.map(np.array, trainable)  # donated below: never let it alias the cached params
     del params
-    model = probe.clone(dropout_on=tuple(k for k in ("fc1", "fc2") if k in trainable and variant != "naive"))
-    if variant == "cached":
-        inputs = rng.standard_normal((batch, shape["fc_units"]), np.float32)
-        apply_fn, frozen = feature_apply_fn(model), {}
-    else:
-        inputs = rng.integers(0, 256, (batch, size, size, 3), dtype=np.uint8)
-        apply_fn = image_apply_fn(model)
+    inputs = rng.integers(0, 256, (batch, size, size, 3), dtype=np.uint8)
+    apply_fn = image_apply_fn(model)
     x = parallel.shard_batch({"inputs": inputs, **labels}, mesh)
     if variant == "naive":  # PEERS.md d1b: differentiate everything, zero the frozen updates afterwards
         mask = {k: jax.tree.map(lambda _, f=k not in trainable: f, v) for k, v in {**frozen, **trainable}.items()}
@@ -282,9 +274,7 @@ def environment() -> dict:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--variants", default="infer,frozen,block5,full,cached", help=f"comma-separated: {', '.join(VARIANTS)}"
-    )
+    p.add_argument("--variants", default="infer,frozen,block5,full", help=f"comma-separated: {', '.join(VARIANTS)}")
     p.add_argument("--batch-sizes", default="8,32", help="global batch sizes, comma-separated")
     p.add_argument("--dtype", default="float32", help="float32, bfloat16, or both comma-separated")
     p.add_argument("--steps", type=int, default=5, help="timed steps per case (median reported)")
