@@ -3,12 +3,41 @@
 from __future__ import annotations
 
 import argparse
+import copy
 import sys
 from pathlib import Path
 
 from vgg_jax import arch
 from vgg_jax.errors import UserError
 from vgg_jax.paths import imagenet_params_path
+
+
+class HelpFormatter(argparse.HelpFormatter):
+    """Appends "(default: X)" to every option with a default its help text does not already state."""
+
+    def _format_action(self, action: argparse.Action) -> str:
+        if action.help is None and _shows_default(action):  # argparse prints no help line at all for these
+            action = copy.copy(action)
+            action.help = "(default: %(default)s)"
+        return super()._format_action(action)
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        return f"{text} (default: %(default)s)" if _shows_default(action) and "default" not in text else text
+
+
+def _shows_default(action: argparse.Action) -> bool:
+    """An option taking a value, with a default worth stating (flags are off unless given)."""
+    return bool(action.option_strings) and action.nargs != 0 and action.default not in (None, argparse.SUPPRESS)
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with the house habits: every --help shows defaults, and abbreviated flags are refused."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", HelpFormatter)
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -78,9 +107,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m convert", description="Convert Keras VGG weights to a vgg-jax params file."
-    )
+    parser = Parser(prog="python -m convert", description="Convert Keras VGG weights to a vgg-jax params file.")
     add_arguments(parser)
     args = parser.parse_args(argv)
     try:

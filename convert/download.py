@@ -160,3 +160,17 @@ def _got(done: int, total: int) -> str:
 def _reason(e: BaseException) -> str:
     reason = getattr(e, "reason", None) or e
     return str(reason) or type(reason).__name__
+
+
+def imagenet_params(name: str = "vgg16") -> Path:
+    """The official Keras ImageNet weights `name` as a vgg-jax params file: the converted file in the cache, else
+    the Keras file fetched once (md5-checked) and converted. Offline with no cached file: a one-line UserError
+    naming the URL and where to put the file."""
+    from convert import convert_file
+    from vgg_jax.paths import imagenet_params_path
+
+    out = imagenet_params_path(name)
+    if out.is_file():
+        return out
+    print(convert_file(fetch(name), out), file=sys.stderr)
+    return out

@@ -44,10 +44,21 @@ def test_classes_mismatch_names_the_layer(vgg11_file):
         VGG11(weights=path, classes=2)
 
 
-def test_imagenet_without_download_says_what_to_run(tmp_path, monkeypatch):
+def test_imagenet_offline_says_where_to_put_the_file(tmp_path, monkeypatch):
+    """Nothing cached and no network (port 9 refuses): one line with the URL and the path to put the file at."""
     monkeypatch.setenv("VGG_JAX_CACHE", str(tmp_path))
-    with pytest.raises(UserError, match="vgg-jax convert --download vgg16"):
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras_home"))
+    monkeypatch.setenv("VGG_JAX_WEIGHTS_BASE_URL", "http://127.0.0.1:9/")
+    with pytest.raises(UserError) as e:
         VGG16(weights="imagenet")
+    line = str(e.value)
+    assert line.startswith("http://127.0.0.1:9/vgg16/vgg16_weights_tf_dim_ordering_tf_kernels.h5: download failed")
+    assert "put it at" in line and "\n" not in line, line
+
+
+def test_imagenet_for_vgg11_is_refused():
+    with pytest.raises(UserError, match="vgg16 and vgg19 only, not vgg11"):
+        VGG11(weights="imagenet")
 
 
 def test_not_a_params_file(tmp_path):

@@ -273,3 +273,87 @@ def test_environmental_oserror_is_one_line(capsys, readonly_dir):
     line, _ = refused(capsys, ["demo", "--out", out, "--offline"])
     assert str(out) in line and "read-only file system" in line
     assert os.listdir(readonly_dir) == []
+
+
+# CLI habits (issue 10 item 6): abbreviations refused, defaults in --help, --lr-mult on a frozen group, run.json.
+
+
+@pytest.mark.parametrize(
+    "argv", [["train", "--data", "d", "--out", "o", "--epoch", "2"], ["convert", "x.h5", "--out", "y.safetensors"]]
+)
+def test_abbreviated_flag_is_refused(capsys, argv):
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and f"unrecognized arguments: {argv[-2]}" in err, err
+
+
+def test_python_m_convert_refuses_abbreviations(capsys):
+    from convert.cli import main as convert_main
+
+    with pytest.raises(SystemExit):
+        convert_main(["x.h5", "--out", "y.safetensors"])
+    assert "unrecognized arguments: --out" in capsys.readouterr().err
+
+
+def test_every_help_shows_defaults():
+    """Every option that takes a value and has a default states it in --help; suppressed flags stay hidden."""
+    import argparse
+
+    from vgg_jax.cli import build_parser
+
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    checked = 0
+    for name, parser in sub.choices.items():
+        text = " ".join(parser.format_help().split())  # one line: wrapping does not split the check
+        assert parser.allow_abbrev is False, name
+        for action in parser._actions:
+            if action.help == argparse.SUPPRESS:
+                assert action.option_strings[0] not in text, f"{name}: {action.option_strings[0]} shown"
+            elif action.option_strings and action.nargs != 0 and action.default is not None:
+                checked += 1
+                assert f"(default: {action.default})" in text or "default" in (action.help or ""), (
+                    f"{name} {action.option_strings[-1]}: default {action.default!r} not in --help"
+                )
+    assert checked > 20 and "(default: imagenet)" in " ".join(sub.choices["train"].format_help().split())
+
+
+def test_lr_mult_on_a_frozen_group_names_it(capsys, folder, tmp_path):
+    out = tmp_path / "run"
+    line, _ = refused(capsys, ["train", "--data", folder, "--out", out, *SMALL_ARGS, "--freeze-through", "fc2",
+                               "--lr-mult", "block3=0.1"])  # fmt: skip
+    assert line == (
+        "vgg-jax: error: --lr-mult block3=0.1: block3 is frozen by --freeze-through fc2; drop it or freeze less"
+    )
+    assert not out.exists(), "a refused run must not leave a folder"
+
+
+def test_lr_mult_on_partly_trainable_alias_is_accepted():
+    from vgg_jax.freeze import parse_lr_mults
+
+    assert parse_lr_mults("conv=0.5", "block3") == {f"block{i}": 0.5 for i in range(1, 6)}
+    with pytest.raises(UserError, match="--lr-mult fc=0.5: fc is frozen by --freeze-through fc2"):
+        parse_lr_mults("head=2,fc=0.5", "fc2")
+
+
+def test_run_json_records_versions_command_times_and_best(folder, tmp_path, monkeypatch):
+    import datetime
+    import json
+    import sys
+
+    out = tmp_path / "run"
+    argv = ["train", "--data", str(folder), "--out", str(out), *SMALL_ARGS, "--epochs", "2", "--seed", "3"]
+    monkeypatch.setattr(sys, "argv", ["vgg-jax", *argv])
+    before = datetime.datetime.now(datetime.UTC).replace(microsecond=0)
+    assert main(argv) == 0
+    info = json.loads((out / "run.json").read_text())
+    for package in ("vgg_jax", "jax", "jaxlib", "flax", "optax", "orbax"):
+        assert isinstance(info["versions"][package], str) and info["versions"][package], (package, info["versions"])
+    assert info["command"] == ["vgg-jax", *argv]
+    started, ended = (datetime.datetime.fromisoformat(info[k]) for k in ("started", "ended"))
+    assert started.utcoffset() == datetime.timedelta(0) and before <= started <= ended, (before, started, ended)
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    valid = [r for r in rows if r["kind"] == "valid"]
+    best = min(valid, key=lambda r: r["loss"])
+    assert len(valid) == 2 and info["best_valid"] == {k: best[k] for k in ("loss", "accuracy", "step", "epoch")}, (
+        info["best_valid"], valid, "seed 3")  # fmt: skip

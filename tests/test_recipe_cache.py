@@ -240,7 +240,7 @@ def test_disk_too_small_is_one_line_and_writes_nothing(folder, tmp_path, full_di
     out = tmp_path / "run"
     args = ["train", "--data", str(folder), "--out", str(out), "--arch", "vgg11", "--widths", "8,8,16,16,16",
             "--fc-units", "32", "--image-size", "64", "--batch-size", "8", "--freeze-through", "block2",
-            "--cache-features"]  # fmt: skip
+            "--cache-features", "--weights", "random"]  # fmt: skip
     assert main(args) == 2
     assert not out.exists()
     assert not any(p.is_file() for p in full_dir.rglob("*")), list(full_dir.rglob("*"))

@@ -168,7 +168,8 @@ def test_divergence_stops_with_a_clear_message(folder, tmp_path):
 
 def test_cli_errors_are_one_line(folder, tmp_path):
     result = subprocess.run(
-        [sys.executable, "-m", "vgg_jax", "train", "--data", str(tmp_path / "missing"), "--out", str(tmp_path / "r")],
+        [sys.executable, "-m", "vgg_jax", "train", "--data", str(tmp_path / "missing"), "--out", str(tmp_path / "r"),
+         "--weights", "random"],  # fmt: skip
         capture_output=True,
         text=True,
         timeout=120,

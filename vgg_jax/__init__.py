@@ -15,6 +15,10 @@ _EXPORTS = {
     "VGG16": "vgg_jax.api",
     "VGG19": "vgg_jax.api",
     "preprocess_input": "vgg_jax.preprocess",
+    "decode_predictions": "vgg_jax.classify",
+    "load_image": "vgg_jax.image",
+    "load": "vgg_jax.predictor",
+    "Predictor": "vgg_jax.predictor",
     "load_params": ("vgg_jax.params_io", "load"),
     "save_params": ("vgg_jax.params_io", "save"),
     "UserError": "vgg_jax.errors",
@@ -28,3 +32,8 @@ def __getattr__(name: str):
         raise AttributeError(f"module 'vgg_jax' has no attribute {name!r}")
     module, attr = target if isinstance(target, tuple) else (target, name)
     return getattr(import_module(module), attr)
+
+
+def __dir__() -> list[str]:
+    """The public names (lazy ones included), for tab completion in notebooks."""
+    return sorted({*__all__, "__version__"})

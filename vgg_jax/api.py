@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
+from collections.abc import Sequence
 from functools import partial
 from typing import Any
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
 from vgg_jax import arch, params_io
+from vgg_jax.config import MIN_IMAGE_SIZE
 from vgg_jax.errors import UserError
 from vgg_jax.model import POOLINGS, VGG
 from vgg_jax.paths import imagenet_params_path
@@ -22,44 +26,97 @@ def build(
     pooling: str | None = None,
     classes: int = 1000,
     classifier_activation: str | None = "softmax",
-    dtype: Any = jnp.float32,
-    input_size: int = arch.IMAGE_SIZE,
+    dtype: Any = None,
+    input_size: int | None = None,
+    input_shape: tuple[int | None, int | None, int] | None = None,
     seed: int = 0,
-) -> tuple[VGG, dict]:
-    """A VGG model and its params.
+) -> tuple[nn.Module, dict]:
+    """A VGG model and its params, or the trained Classifier of a file `vgg-jax export` wrote.
 
     Args:
       name: "vgg11", "vgg13", "vgg16" or "vgg19".
-      weights: None (random init), "imagenet" (the file `vgg-jax convert --download` cached),
-        or the path of a params file written by `vgg-jax convert`.
+      weights: None (random init), "imagenet" (the official file: downloaded, md5-checked and converted on
+        first use, then cached),
+        or the path of a params file written by `vgg-jax convert` or `vgg-jax export`.
       include_top, pooling, classes, classifier_activation: as in `keras.applications.VGG16`.
-      dtype: computation dtype; params stay float32.
+      dtype: computation dtype (default float32, or an exported model's own); params stay float32.
       input_size: image side used to infer fc1's shape (must be 224 with the ImageNet top).
+      input_shape: Keras' alternative to input_size: (size, size, 3), or (None, None, 3) without a top.
+
+    Returns (module, params). Usually a `VGG` (`vgg_jax.model`): preprocessed images -> softmax
+    probabilities [B, classes] (logits with classifier_activation=None), or block5 features without the
+    top. With include_top and an exported file (it has a trained `head`), the transfer `Classifier`
+    (`vgg_jax.classifier`) that run trained, rebuilt from the file's metadata: preprocessed images
+    [B, S, S, 3] -> float32 logits [B, 1] (sigmoid head, two classes) or [B, classes] (softmax); `classes`,
+    `pooling` and `classifier_activation` do not apply to it, and `vgg_jax.load(path)` gives its class
+    names and a ready `predict`.
     """
     if pooling not in POOLINGS:
         raise ValueError(f"`pooling` must be None, 'avg' or 'max'. Received: pooling={pooling!r}")
+    size = _input_size(input_size, input_shape)
+    if weights is not None and weights != "imagenet" and include_top and "head" in params_io.load_keys(weights):
+        return _exported(name, weights, size, dtype)
     model = VGG(
         depths=arch.DEPTHS[name],
         include_top=include_top,
         pooling=pooling,
         classes=classes,
         classifier_activation=classifier_activation,
-        dtype=dtype,
+        dtype=dtype or jnp.float32,
     )
-    sample = jnp.zeros((1, input_size, input_size, 3), jnp.float32)
+    sample = jnp.zeros((1, size or arch.IMAGE_SIZE, size or arch.IMAGE_SIZE, 3), jnp.float32)
     if weights is None:
         return model, jax.jit(model.init)(jax.random.key(seed), sample)["params"]
     if weights == "imagenet":
-        # A full file serves include_top=False too; the no-top download is the fallback.
-        candidates = [imagenet_params_path(name)] + ([] if include_top else [imagenet_params_path(f"{name}-notop")])
-        weights = next((c for c in candidates if c.exists()), None)
-        if weights is None:
-            raise UserError(f"{candidates[0]}: no ImageNet params yet; run `vgg-jax convert --download {name}`")
-    meta = params_io.read_metadata(weights)
-    if meta.get("architecture") not in (None, name):
-        raise UserError(f"{weights}: holds {meta['architecture']} params, not {name}")
+        weights = _imagenet(name, include_top)
     like = jax.eval_shape(model.init, jax.random.key(seed), sample)["params"]
-    return model, jax.tree.map(jnp.asarray, params_io.load(weights, like=like))
+    params, _ = params_io.load_checked(weights, like, name)
+    return model, jax.tree.map(jnp.asarray, params)
+
+
+def _imagenet(name: str, include_top: bool) -> Path:
+    """The official ImageNet params, downloaded, md5-checked and converted on first use, as Keras does; a full
+    file already cached serves include_top=False too."""
+    from convert.download import imagenet_params
+
+    if name not in ("vgg16", "vgg19"):
+        raise UserError(f"weights='imagenet': Keras publishes ImageNet weights for vgg16 and vgg19 only, not {name}")
+    if not include_top and (full := imagenet_params_path(name)).is_file():
+        return full
+    return imagenet_params(name if include_top else f"{name}-notop")
+
+
+def _exported(name: str, path: str | os.PathLike, size: int | None, dtype: Any) -> tuple[nn.Module, dict]:
+    """The Classifier and params of an exported file, checked against the factory's architecture and input size."""
+    from vgg_jax.predictor import read_export
+
+    model, params, cfg, _ = read_export(path, name)
+    if size is not None and size != cfg.image_size and cfg.top == "fc":
+        raise UserError(
+            f"{path}: a model for {cfg.image_size}x{cfg.image_size} images (its fc1 fixes the size), "
+            f"not {size}x{size}; leave input_size/input_shape out"
+        )
+    return (model if dtype is None else model.clone(dtype=dtype)), params
+
+
+def _input_size(input_size: int | None, input_shape: Sequence | None) -> int | None:
+    """The image side from input_size or Keras' input_shape=(size, size, 3); None when neither fixes it."""
+    if input_shape is None:
+        return input_size
+    shape = tuple(input_shape) if isinstance(input_shape, Sequence) else ()
+    square = len(shape) == 3 and shape[0] == shape[1] and shape[2] == 3
+    if not square or not (shape[0] is None or _is_size(shape[0])):
+        raise UserError(
+            f"input_shape must be (size, size, 3) with size >= {MIN_IMAGE_SIZE}: square RGB images, channels last. "
+            f"Received: input_shape={input_shape!r}"
+        )
+    if input_size is not None and input_size != shape[0]:
+        raise UserError(f"input_size={input_size} and input_shape={input_shape!r} disagree; pass one of them")
+    return shape[0]
+
+
+def _is_size(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= MIN_IMAGE_SIZE
 
 
 VGG11 = partial(build, "vgg11")

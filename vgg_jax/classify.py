@@ -32,6 +32,15 @@ def top_k(params: dict, arch_name: str, image: np.ndarray, k: int = 5) -> list[t
         raise UserError(f"these weights have {classes} output classes, not ImageNet's 1000")
     model = VGG(depths=arch.DEPTHS[arch_name])
     probs = jax.jit(lambda p, x: model.apply({"params": p}, preprocess_input(x)))(params, jnp.asarray(image[None]))[0]
-    probs = np.asarray(probs)
+    return decode_predictions(np.asarray(probs)[None], top=k)[0]
+
+
+def decode_predictions(preds: np.ndarray, top: int = 5) -> list[list[tuple[str, str, float]]]:
+    """Keras' `decode_predictions`: ImageNet probabilities [N, 1000] -> per row its `top` classes (wnid, name, p)."""
+    preds = np.asarray(preds)
+    if preds.ndim != 2 or preds.shape[1] != 1000:
+        raise UserError(
+            f"decode_predictions expects ImageNet probabilities of shape [N, 1000]. Received: shape {preds.shape}"
+        )
     names = imagenet_classes()
-    return [(*names[i], float(probs[i])) for i in np.argsort(-probs)[:k]]
+    return [[(*names[i], float(row[i])) for i in np.argsort(-row, kind="stable")[:top]] for row in preds]

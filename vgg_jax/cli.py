@@ -24,15 +24,17 @@ def _classify(args: argparse.Namespace) -> int:
         raise UserError(f"--top must be an integer >= 1. Received: {args.top}")
     image = load_image(args.image)
     weights = Path(args.weights)
+    random = False
     if weights.suffix in (".h5", ".keras"):
         from convert import load_keras
 
         params, report = load_keras(weights)
         arch_name = report.architecture
     else:
-        arch_name = params_io.read_metadata(weights).get("architecture", "vgg16")
+        meta = params_io.read_metadata(weights)
+        arch_name, random = meta.get("architecture", "vgg16"), meta.get("weights") == "random"
         params = params_io.load(weights)
-    print(f"{args.image}  ({arch_name.upper()}, {weights.name})")
+    print(f"{args.image}  ({arch_name.upper()}, {weights.name}{', RANDOM weights' if random else ''})")
     for rank, (wnid, name, p) in enumerate(top_k(params, arch_name, image, args.top), 1):
         print(f"  {rank}. {name:<28} {wnid}  {p:7.2%}")
     return 0
@@ -82,6 +84,7 @@ def _train_config(args: argparse.Namespace):
         augment=args.augment,
         seed=args.seed,
         valid_fraction=args.valid_fraction,
+        labels_from_filename=args.labels_from_filename,
         cache_features=args.cache_features,
         cache_dtype=args.cache_dtype,
         checkpoint_every=args.checkpoint_every,
@@ -174,9 +177,10 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from convert.cli import Parser
     from convert.cli import add_arguments as convert_arguments
 
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="vgg-jax", description="Keras VGG16 weights in JAX/Flax: convert, classify, train."
     )
     sub = parser.add_subparsers(dest="command", required=True)
@@ -247,7 +251,10 @@ def _train_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--out", required=True, help="run folder (checkpoints, metrics.jsonl, curves.png, run.json)")
     p.add_argument(
-        "--weights", help="params file from `vgg-jax convert`, a Keras .h5/.keras file, 'imagenet', or 'random'"
+        "--weights",
+        default="imagenet",
+        help="params file from `vgg-jax convert`, a Keras .h5/.keras file, 'imagenet' (the official Keras file, "
+        "downloaded once, md5-checked, converted and cached), or 'random' (a random backbone)",
     )
     p.add_argument("--epochs", type=int, default=1)
     p.add_argument("--batch-size", type=int, default=32)
@@ -273,7 +280,15 @@ def _train_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--augment", action="store_true", help="random crop + horizontal flip (off in the recipe)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--valid-fraction", type=float, help="hold out this share of train when there is no valid split")
+    p.add_argument(
+        "--valid-fraction", type=float, help="hold out this share of train when there is no valid split (folders: 0.1)"
+    )
+    p.add_argument(
+        "--labels-from-filename",
+        metavar="REGEX",
+        help="label a flat folder of images by the first group of REGEX on each file name, e.g. '^(cat|dog)\\.'"
+        " (default: <label>.<id>.jpg names are detected)",
+    )
     p.add_argument("--tfds-manual-dir", help="where tensorflow-datasets looks for manually downloaded archives")
     cache = p.add_mutually_exclusive_group()
     cache.add_argument(

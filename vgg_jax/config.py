@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from dataclasses import dataclass
 from typing import NoReturn
 
@@ -45,6 +46,7 @@ class TrainConfig:
     augment: bool = False
     seed: int = 0
     valid_fraction: float | None = None
+    labels_from_filename: str | None = None  # regex whose first group is the label, for a flat folder of images
     tfds_manual_dir: str | None = None  # where tfds finds manually downloaded archives
     cache_features: bool | None = None  # None = on when the cut is block4_pool or above and augment is off
     cache_dtype: str = "float32"  # or "bfloat16": half the disk and memory for cached features
@@ -105,8 +107,19 @@ class TrainConfig:
             _refuse("clip_norm", "must be finite and > 0", self.clip_norm)
         if self.valid_fraction is not None and (not _is_real(self.valid_fraction) or not 0 < self.valid_fraction < 1):
             _refuse("valid_fraction", "must be in (0, 1)", self.valid_fraction)
+        if self.labels_from_filename is not None:
+            self._check_label_pattern()
         if not all(math.isfinite(f) for f in parse_lr_mults(self.lr_mult).values()):
             _refuse("lr_mult", "factors must be finite", self.lr_mult)
+
+    def _check_label_pattern(self) -> None:
+        try:
+            groups = re.compile(self.labels_from_filename).groups
+        except (re.error, TypeError) as e:
+            _refuse("labels_from_filename", f"must be a regular expression ({e})", self.labels_from_filename)
+        if groups < 1:
+            rule = "needs a group around the label, e.g. '^(cat|dog)\\.'"
+            _refuse("labels_from_filename", rule, self.labels_from_filename)
 
     def _check_shape(self) -> None:
         from vgg_jax.arch import WIDTHS

@@ -22,6 +22,7 @@ from vgg_jax.data_source import UNLABELLED, Source, printable
 from vgg_jax.errors import UserError
 
 __all__ = [
+    "DEFAULT_VALID_FRACTION",
     "UNLABELLED",
     "Source",
     "eval_batches",
@@ -34,6 +35,9 @@ __all__ = [
 ]
 
 
+DEFAULT_VALID_FRACTION = 0.1  # the share of train the trainer holds out of a folder with no valid/ folder
+
+
 def open_source(
     spec: str | os.PathLike,
     split: str = "train",
@@ -42,21 +46,29 @@ def open_source(
     seed: int = 0,
     manual_dir: str | None = None,
     download: bool = True,
+    labels_from_filename: str | None = None,
+    valid_fraction_default: float | None = None,
 ) -> Source:
-    """A folder (ROOT/{train,valid}/{class}/*, ROOT/{class}/*, or unlabelled images) or "tfds:NAME[:SPLIT]".
+    """A folder (ROOT/{train,valid}/{class}/*, ROOT/{class}/*, ROOT/train/<label>.<id>.jpg, or unlabelled images) or
+    "tfds:NAME[:SPLIT]".
 
     `split` is "train", "valid" or "test" (the unlabelled test1/ folder). Without a valid/ folder
-    (or tfds validation split), `valid_fraction` holds out that share of train, seeded by `seed`.
+    (or tfds validation split), `valid_fraction` holds out that share of train, seeded by `seed`; a folder
+    without one and without `valid_fraction` falls back on `valid_fraction_default` (the trainer passes
+    DEFAULT_VALID_FRACTION). `labels_from_filename` (a regex whose first group is the label) labels a flat folder.
     Files are checked structurally here, so `Source.skipped` is complete before training starts.
     """
     spec = os.fspath(spec)
+    if spec.startswith("tfds:") and labels_from_filename is not None:
+        raise UserError(f"{spec}: --labels-from-filename applies to image folders only; drop it for a tfds data set")
     if spec.startswith("tfds:"):
         from vgg_jax import data_tfds
 
         return data_tfds.open_tfds(spec, split, valid_fraction=valid_fraction, manual_dir=manual_dir, download=download)
     from vgg_jax.data_folder import open_folder
 
-    return open_folder(spec, split, valid_fraction=valid_fraction, seed=seed)
+    return open_folder(spec, split, valid_fraction=valid_fraction, seed=seed, labels_from_filename=labels_from_filename,
+                       valid_fraction_default=valid_fraction_default)  # fmt: skip
 
 
 def overlap(train: Source, valid: Source) -> list[tuple[str, str]]:

@@ -1,4 +1,5 @@
-"""Folder sources: ROOT/{train,valid}/{class}/*, a bare ROOT/{class}/*, or an unlabelled folder such as test1/."""
+"""Folder sources: ROOT/{train,valid}/{class}/*, a bare ROOT/{class}/*, Kaggle's flat train/<label>.<id>.jpg, or an
+unlabelled folder such as test1/."""
 
 from __future__ import annotations
 
@@ -20,8 +21,21 @@ from vgg_jax.errors import UserError
 SPLIT_DIRS = {"train": ("train",), "valid": ("valid", "validation", "val"), "test": ("test1", "test")}
 
 
-def open_folder(root: str | os.PathLike, split: str, valid_fraction: float | None = None, seed: int = 0) -> Source:
-    """List and check one split of an image folder; every user mistake is a one-line UserError naming the folder."""
+def open_folder(
+    root: str | os.PathLike,
+    split: str,
+    valid_fraction: float | None = None,
+    seed: int = 0,
+    labels_from_filename: str | None = None,
+    valid_fraction_default: float | None = None,
+) -> Source:
+    """List and check one split of an image folder; every user mistake is a one-line UserError naming the folder.
+
+    Without a valid/ folder, train and valid are carved from train by `valid_fraction`, or else by
+    `valid_fraction_default` (the trainer's 0.1; None: train is the whole folder, valid an error). A folder of
+    images named <label>.<id>.jpg (Kaggle Dogs vs Cats) takes its labels from the names, or from the first group
+    of the regular expression `labels_from_filename`.
+    """
     root = Path(root).expanduser()
     if not root.exists():
         raise UserError(f"{root}: no such data folder")
@@ -38,24 +52,30 @@ def open_folder(root: str | os.PathLike, split: str, valid_fraction: float | Non
         return _open_split(found["test"] or root, allow_unlabelled=True)
     if split not in ("train", "valid"):
         raise UserError(f"split must be 'train', 'valid' or 'test'. Received: split={split!r}")
-    needs_train = split == "train" or valid_fraction is not None
-    if needs_train and found["train"] is None and (found["valid"] or found["test"]):
+    if valid_fraction is not None and found["valid"] is not None:
+        raise UserError(
+            f"{root}: has a {found['valid'].name}/ folder, so valid_fraction={valid_fraction} is ambiguous; drop it to use that folder"
+        )
+    fraction = valid_fraction if valid_fraction is not None or found["valid"] else valid_fraction_default
+    if found["train"] is None and (found["valid"] or found["test"]) and (split == "train" or fraction is not None):
         raise UserError(f"{root}: no train/ folder (found {(found['valid'] or found['test']).name}/)")
-    train_dir = found["train"] or root  # ROOT/{class}/* is a single labelled split
-    if valid_fraction is not None:
-        if found["valid"] is not None:
-            raise UserError(
-                f"{root}: has a {found['valid'].name}/ folder, so valid_fraction={valid_fraction} is ambiguous; drop it to use that folder"
+    train_dir = found["train"] or root  # ROOT/{class}/* and ROOT/<label>.<id>.jpg are a single labelled split
+    if fraction is not None:
+        source = _carve(_open_split(train_dir, False, labels_from_filename), split, fraction, seed)
+        if valid_fraction is None and split == "valid":
+            source.notes.append(
+                f"no valid/ folder: holding out {fraction:.0%} of train (--valid-fraction {fraction}, seed {seed})"
             )
-        return _carve(_open_split(train_dir, allow_unlabelled=False), split, valid_fraction, seed)
+        return source
     if split == "train":
-        return _open_split(train_dir, allow_unlabelled=False)
+        return _open_split(train_dir, False, labels_from_filename)
     if found["valid"] is None:
         raise UserError(
             f"{root}: no valid/ folder; pass a valid fraction (e.g. --valid-fraction 0.1) to hold out part of {train_dir}"
         )
-    source = _open_split(found["valid"], allow_unlabelled=False)
-    if found["train"] is not None and (train_classes := _class_dirs(found["train"])[0]) != source.class_names:
+    source = _open_split(found["valid"], False, labels_from_filename)
+    train_classes = _class_dirs(found["train"])[0] if found["train"] is not None else []
+    if train_classes and train_classes != source.class_names:
         raise UserError(
             f"{found['valid']}: classes ({', '.join(source.class_names)}) differ from {found['train']} ({', '.join(train_classes)})"
         )
@@ -90,8 +110,9 @@ def _class_dirs(folder: Path) -> tuple[list[str], Passed]:
     return sorted(names), passed
 
 
-def _open_split(folder: Path, allow_unlabelled: bool) -> Source:
-    """Class subfolders -> labelled split; images directly inside (or in a single subfolder, Keras' test/unknown/) -> unlabelled."""
+def _open_split(folder: Path, allow_unlabelled: bool, label_pattern: str | None = None) -> Source:
+    """Class subfolders -> labelled split; images directly inside (or in a single subfolder, Keras' test/unknown/) ->
+    unlabelled, or labelled by their names when not `allow_unlabelled`."""
     classes, passed = _class_dirs(folder)
     direct, direct_passed = _list_images(folder, recursive=False)
     if allow_unlabelled and (direct or len(classes) == 1 or (direct_passed and not classes)):
@@ -101,9 +122,16 @@ def _open_split(folder: Path, allow_unlabelled: bool) -> Source:
         if not files:
             raise UserError(_no_images(base, "", passed))
         return _checked(str(folder), base, files, np.full(len(files), UNLABELLED, np.int32), [], passed)
+    if direct and (label_pattern is not None or not classes):
+        return _open_flat(folder, direct, passed + direct_passed, label_pattern)
+    if label_pattern is not None:
+        raise UserError(
+            f"{folder}: no images directly inside for --labels-from-filename to label; drop it to use the class folders"
+        )
     if not classes:
-        what = "images but no class subfolders" if direct else "no class subfolders and no images"
-        raise UserError(f"{folder}: {what}; expected {folder}/<class>/*.jpg with one subfolder per class")
+        raise UserError(
+            f"{folder}: no class subfolders and no images; expected {folder}/<class>/*.jpg with one subfolder per class"
+        )
     if len(classes) == 1:
         raise UserError(f"{folder}: found only 1 class folder ({classes[0]}); need at least 2, one subfolder per class")
     files, labels = [], []
@@ -115,6 +143,75 @@ def _open_split(folder: Path, allow_unlabelled: bool) -> Source:
         labels += [label] * len(class_files)
         passed += more
     return _checked(str(folder), folder, files, np.asarray(labels, np.int32), classes, passed)
+
+
+def _open_flat(folder: Path, files: list[str], passed: Passed, pattern: str | None) -> Source:
+    """Images directly in `folder` labelled by their names: <label>.<rest> (Kaggle's cat.123.jpg) or a regex group."""
+    found = _flat_labels(folder, files, pattern)
+    classes = sorted(set(found))
+    if len(classes) < 2:
+        how = f"--labels-from-filename {pattern!r}" if pattern is not None else "file names"
+        raise UserError(
+            f"{printable(str(folder))}: {how} give{'s' if pattern else ''} one label ({printable(classes[0])});"
+            " need at least 2 (e.g. cat.1.jpg and dog.1.jpg), or put the images in one subfolder per class"
+        )
+    index = {c: i for i, c in enumerate(classes)}
+    source = _checked(str(folder), folder, files, np.asarray([index[c] for c in found], np.int32), classes, passed)
+    counts = np.bincount(source.labels, minlength=len(classes))
+    how = "" if pattern is None else f" (--labels-from-filename {pattern!r})"
+    source.notes.append(f"labels from file names{how}: " + ", ".join(f"{c} {n:,}" for c, n in zip(classes, counts)))
+    return source
+
+
+def _flat_labels(folder: Path, files: list[str], pattern: str | None) -> list[str]:
+    """The label of each file name, or a one-line UserError listing the names that give none."""
+    rx = filename_pattern(pattern) if pattern is not None else None
+    found = [_regex_label(rx, f) if rx is not None else _dot_label(f) for f in files]
+    missing = [f for f, label in zip(files, found) if label is None]
+    if missing and rx is None and len(missing) == len(files):
+        raise UserError(
+            f"{printable(str(folder))}: images but no class subfolders; expected {folder}/<class>/*.jpg with one"
+            " subfolder per class, images named <label>.<id>.jpg (cat.1.jpg), or --labels-from-filename REGEX"
+        )
+    if missing:
+        more = f", +{len(missing) - 3} more" if len(missing) > 3 else ""
+        listed = ", ".join(printable(f) for f in missing[:3]) + more
+        problem = (
+            f"--labels-from-filename {pattern!r} does not match {len(missing):,} of {len(files):,} images ({listed});"
+            " fix the pattern or move those files out"
+            if rx is not None
+            else f"{len(missing):,} of {len(files):,} images are not named <label>.<id>.<ext> ({listed}); rename or"
+            " move them, or pass --labels-from-filename REGEX"
+        )
+        raise UserError(f"{printable(str(folder))}: {problem}")
+    bad = next((f for f, label in zip(files, found) if not is_utf8(label)), None)
+    if bad is not None:
+        raise UserError(f"{printable(os.path.join(folder, bad))}: label in the file name is not valid UTF-8; rename it")
+    return found
+
+
+def _dot_label(name: str) -> str | None:
+    """'cat.123.jpg' -> 'cat'; None for a name without a <label>. prefix before its id ('123.jpg', '.jpg')."""
+    label, dot, rest = name.rpartition(".")[0].partition(".")
+    return label if label and dot and rest else None
+
+
+def _regex_label(rx: re.Pattern, name: str) -> str | None:
+    match = rx.search(name)
+    return match.group(1) or None if match else None
+
+
+def filename_pattern(pattern: str) -> re.Pattern:
+    """`pattern` compiled, or a one-line UserError when it does not compile or has no group for the label."""
+    try:
+        rx = re.compile(pattern)
+    except (re.error, TypeError) as e:
+        raise UserError(f"--labels-from-filename {pattern!r}: not a regular expression ({e})") from None
+    if rx.groups < 1:
+        raise UserError(
+            f"--labels-from-filename {pattern!r}: has no group; put the label in parentheses, e.g. '^(cat|dog)\\.'"
+        )
+    return rx
 
 
 def _no_images(folder: Path, where: str, passed: Passed) -> str:

@@ -52,6 +52,8 @@ def run(
     params_path, ok = port(source, out, images)
     if not ok:
         return 1
+    if "RANDOM" in how:
+        mark_random(params_path)
     print(f"\n{RULE}\n2. train the recipe's new head (everything else frozen) on a generated two-class folder\n{RULE}")
     recipe(params_path, out, random="RANDOM" in how)
     return 0
@@ -74,6 +76,14 @@ def port(source: Path, out: Path, images: int) -> tuple[Path, bool]:
     ok = all(r.ok for r in rows)
     print(f"checked in {time.perf_counter() - start:.1f} s: {'PASS' if ok else 'FAIL'}")
     return params_path, ok
+
+
+def mark_random(params_path: Path) -> None:
+    """Records "weights": "random" in the params file's metadata: every command then labels its backbone RANDOM."""
+    from vgg_jax import params_io
+
+    meta = {k: v for k, v in params_io.read_metadata(params_path).items() if k != "format"}
+    params_io.save(params_path, params_io.load(params_path), {**meta, "weights": "random"})
 
 
 def recipe(params_path: Path, out: Path, random: bool) -> None:

@@ -17,8 +17,9 @@ from vgg_jax.config import TrainConfig
 from vgg_jax.errors import UserError
 from vgg_jax.fileio import atomic_path
 from vgg_jax.freeze import parse_lr_mults, split
-from vgg_jax.network import build_model, init_params, resolve_weights
+from vgg_jax.network import Weights, build_model, init_params, resolve_weights
 from vgg_jax.optim import make_optimizer
+from vgg_jax.paths import cache_dir, file_digest
 from vgg_jax.rundir import say
 from vgg_jax.step import create_state, eval_step
 from vgg_jax.train import evaluate_batches
@@ -32,7 +33,7 @@ def load_run(run_dir: str | Path, weights: str | None = None, which: str | int =
         cfg.validate()
     except (TypeError, UserError) as e:
         raise UserError(f"{Path(run_dir) / rundir.RUN_FILE}: damaged configuration ({e})") from None
-    resolved = resolve_weights(weights or info["weights"]["path"])
+    resolved = _run_weights(run_dir, info["weights"], weights)
     if resolved.sha256 != info["weights"]["sha256"]:
         raise UserError(
             f"{resolved.path}: not the weights file run {run_dir} was trained with (sha256 differs); pass --weights"
@@ -64,9 +65,32 @@ def load_run(run_dir: str | Path, weights: str | None = None, which: str | int =
     step, state, _ = found
     frozen_sh = parallel.shardings_for(frozen, mesh, cfg.shard_fc)
     frozen = parallel.put(frozen, frozen_sh)
-    say(f"{run_dir}: checkpoint step {step}")
+    say(f"{run_dir}: checkpoint step {step}; weights: {resolved.label}")
     eval_fn = parallel.jit_eval(partial(eval_step, apply_fn=image_apply_fn(model)), state_sh.params, frozen_sh, mesh)
     return cfg, classes, RunModel(eval_fn, mesh), state.params, frozen
+
+
+def _run_weights(run_dir: str | Path, recorded: dict, weights: str | None) -> Weights:
+    """`weights` if given, else the run's recorded weights file, else a cached params file with its sha256."""
+    path, sha256 = recorded.get("path"), recorded.get("sha256")
+    if weights is None and path and sha256 and not Path(path).is_file():
+        found = _cached_by_sha256(sha256)
+        if found is not None:
+            say(f"{run_dir}: its weights file {path} is gone; using {found} from the cache (same sha256)")
+            return resolve_weights(str(found))
+    return resolve_weights(weights or path or "random")
+
+
+def _cached_by_sha256(sha256: str) -> Path | None:
+    """The params file in the cache (the ImageNet params, converted Keras files) whose bytes have this sha256."""
+    root = cache_dir()
+    for candidate in sorted(root.glob("*.safetensors")) + sorted((root / "converted").glob("*.safetensors")):
+        try:
+            if candidate.is_file() and file_digest(candidate) == sha256:
+                return candidate
+        except OSError:
+            continue
+    return None
 
 
 @dataclass(frozen=True)
@@ -84,7 +108,9 @@ def evaluate(
     from vgg_jax import data
 
     cfg, classes, run_model, trainable, frozen = load_run(run_dir)
-    source = data.open_source(data_spec or cfg.data, split_name, valid_fraction=cfg.valid_fraction, seed=cfg.seed)
+    source = data.open_source(data_spec or cfg.data, split_name, valid_fraction=cfg.valid_fraction, seed=cfg.seed,
+                              labels_from_filename=cfg.labels_from_filename,
+                              valid_fraction_default=data.DEFAULT_VALID_FRACTION)  # as train() opened it  # fmt: skip
     if source.class_names != classes:
         raise UserError(f"{data_spec or cfg.data}: classes {source.class_names} differ from the run's {classes}")
     say(f"{split_name}: {source.describe()}")
@@ -160,14 +186,26 @@ def _batches(data, source, cfg: TrainConfig, batch_size: int, labelled: bool = T
 
 
 def export(run_dir: str | Path, out: str | Path, which: str = "best") -> Path:
-    """Writes the run's whole network (frozen + trained params, `head` included) as a params file."""
+    """Writes the run's whole network (frozen + trained params, `head` included) as a params file, with the
+    metadata `vgg_jax.load` and `VGG16(weights=...)` rebuild it from (classes, image size, resize, model)."""
     from vgg_jax import params_io
     from vgg_jax.freeze import merge
+    from vgg_jax.predictor import export_metadata
 
     cfg, classes, _, trainable, frozen = load_run(run_dir, which=which)
     params = parallel.to_host(merge(trainable, frozen))
-    params_io.save(
-        out, params, {"architecture": cfg.arch, "classes": classes, "exported_from": str(run_dir), "top": cfg.top}
-    )
+    metadata = export_metadata(cfg, classes, str(run_dir))
+    if _random_backbone(run_dir):  # stays labelled RANDOM wherever the file goes
+        metadata["weights"] = "random"
+    params_io.save(out, params, metadata)
     say(f"wrote {out}")
     return Path(out)
+
+
+def _random_backbone(run_dir: str | Path) -> bool:
+    """Whether the run trained on a random backbone: no weights file, or one whose metadata says random."""
+    recorded = rundir.read_run(run_dir)["weights"]
+    if recorded["sha256"] is None:
+        return True
+    path = recorded.get("path")
+    return bool(path and Path(path).is_file() and resolve_weights(path).random)

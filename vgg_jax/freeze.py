@@ -52,10 +52,11 @@ def merge(trainable: Mapping[str, Any], frozen: Mapping[str, Any]) -> dict:
     return {**frozen, **trainable}
 
 
-def parse_lr_mults(spec: str | None) -> dict[str, float]:
+def parse_lr_mults(spec: str | None, freeze_through: str | None = None) -> dict[str, float]:
     """'conv=0.1,fc=0.5,block5=1' -> {'block1': 0.1, ..., 'block5': 1.0, 'fc1': 0.5, 'fc2': 0.5}.
 
-    `conv` stands for every block, `fc` for fc1 and fc2; later entries override earlier ones.
+    `conv` stands for every block, `fc` for fc1 and fc2; later entries override earlier ones. With
+    `freeze_through`, an item whose groups are all frozen is an error naming it.
     """
     mults: dict[str, float] = {}
     for item in filter(None, (spec or "").split(",")):
@@ -72,4 +73,13 @@ def parse_lr_mults(spec: str | None) -> dict[str, float]:
             if group not in ORDER:
                 raise UserError(f"--lr-mult: unknown group {name!r}; use conv, fc, {', '.join(ORDER)}")
             mults[group] = factor
+        if freeze_through and all(_frozen(g, freeze_through) for g in groups):
+            raise UserError(
+                f"--lr-mult {item.strip()}: {name} is frozen by --freeze-through {freeze_through}; "
+                "drop it or freeze less"
+            )
     return mults
+
+
+def _frozen(group: str, freeze_through: str) -> bool:
+    return freeze_through in ORDER and ORDER.index(group) <= ORDER.index(freeze_through)

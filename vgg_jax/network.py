@@ -22,25 +22,45 @@ DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 class Weights:
     path: str | None  # None = random backbone
     sha256: str | None
+    random: bool = False  # a params file whose metadata says its weights are random (the demo's)
 
     @property
     def label(self) -> str:
-        return f"{self.path} (sha256 {self.sha256[:12]})" if self.path else "RANDOM backbone (no weights file)"
+        if not self.path:
+            return "RANDOM backbone (no weights file)"
+        return f"{self.path} ({'RANDOM weights, ' if self.random else ''}sha256 {self.sha256[:12]})"
 
 
-def resolve_weights(spec: str | None) -> Weights:
-    """A params file path (or "imagenet", or None/"random") -> Weights with the file's sha256."""
+IMAGENET_ARCHS = ("vgg16", "vgg19")  # the architectures Keras publishes ImageNet weights for
+
+
+def resolve_weights(spec: str | None, arch_name: str = "vgg16", include_top: bool = True) -> Weights:
+    """A params file path (or "imagenet": downloaded and converted once, the no-top file without `include_top`; or
+    None/"random") -> Weights with the file's sha256 and whether its metadata marks it random."""
     if spec in (None, "", "random"):
         return Weights(None, None)
-    path = imagenet_params_path("vgg16") if spec == "imagenet" else Path(spec)
+    path = _imagenet(arch_name, include_top) if spec == "imagenet" else Path(spec)
     if not path.is_file():
-        hint = (
-            "run `vgg-jax convert --download vgg16`"
-            if spec == "imagenet"
-            else "convert Keras files with `vgg-jax convert`"
+        raise UserError(f"{path}: no such weights file; convert Keras files with `vgg-jax convert`")
+    random = params_io.read_metadata(path).get("weights") == "random"
+    return Weights(str(path), file_digest(path), random)
+
+
+def _imagenet(arch_name: str, include_top: bool) -> Path:
+    """The converted official ImageNet params for --arch, downloaded and converted on first use."""
+    from convert.download import imagenet_params
+
+    if arch_name not in IMAGENET_ARCHS:
+        raise UserError(
+            f"--weights imagenet: Keras publishes ImageNet weights for vgg16 and vgg19 only, not {arch_name}; "
+            "pass --weights random or a params file"
         )
-        raise UserError(f"{path}: no such weights file; {hint}")
-    return Weights(str(path), file_digest(path))
+    if not include_top and (full := imagenet_params_path(arch_name)).is_file():
+        return full  # the full file serves a no-top model too
+    try:
+        return imagenet_params(arch_name if include_top else f"{arch_name}-notop")
+    except UserError as e:
+        raise UserError(f"{e}; or train a random backbone with --weights random") from None
 
 
 def build_model(cfg: TrainConfig, num_classes: int) -> Classifier:
@@ -70,15 +90,14 @@ def init_params(model: Classifier, cfg: TrainConfig, weights: Weights) -> dict:
     if weights.path is None:
         return jax.jit(model.init)(keys, sample)["params"]
     like = jax.eval_shape(model.init, keys, sample)["params"]
-    meta = params_io.read_metadata(weights.path)
-    if meta.get("architecture") not in (None, cfg.arch):
-        raise UserError(f"{weights.path}: holds {meta['architecture']} params, but --arch is {cfg.arch}")
     new = new_layers(model, like)
-    if cfg.top == "fc" and "fc1" not in params_io.load_keys(weights.path):
-        raise UserError(
-            f"{weights.path}: a no-top file (no fc1/fc2), but --top fc needs them; use the full file or --top avg"
-        )
-    backbone = params_io.load(weights.path, like={k: v for k, v in like.items() if k not in new})
+    backbone, _ = params_io.load_checked(
+        weights.path,
+        {k: v for k, v in like.items() if k not in new},
+        cfg.arch,
+        wanted=f"but --arch is {cfg.arch}",
+        no_top_hint="--top fc needs fc1/fc2: use the full file or --top avg",
+    )
     # The new layers alone are initialised randomly: a small jit from the last pretrained stage, not the whole init.
     start = "fc2" if cfg.top == "fc" else f"block{len(model.depths)}_pool"
     inputs = jnp.zeros((1, *cut_shape(model, start, cfg.image_size)), jnp.float32)

@@ -23,6 +23,7 @@ FORMAT = "vgg-jax-params/1"
 # Params are float32 throughout (model, optimizer, checkpoints; --dtype sets compute only). Half-precision files
 # are widened exactly, as the converter does, so an export in float16/bfloat16 loads as the same numbers.
 FLOAT_DTYPES = ("F16", "BF16", "F32", "F64")
+NO_TOP_HINT = "use include_top=False or the full weights file"
 
 
 def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -99,11 +100,14 @@ def _decode_field(path: str | os.PathLike, key: str, value: str) -> Any:
         raise UserError(f"{path}: metadata field {key!r} is not valid JSON; the params file is damaged") from None
 
 
-def load(path: str | os.PathLike, like: Mapping[str, Any] | None = None) -> dict[str, Any]:
+def load(
+    path: str | os.PathLike, like: Mapping[str, Any] | None = None, no_top_hint: str = NO_TOP_HINT
+) -> dict[str, Any]:
     """Reads a params file into nested numpy arrays.
 
     With `like` (a pytree of arrays or ShapeDtypeStructs), reads exactly like's keys, checks
     each shape, and ignores extra keys (so a full VGG16 file serves an include_top=False model).
+    A file lacking only classifier-top layers is refused as a no-top file, with `no_top_hint`.
     """
     with _open(path) as f:
         keys = set(f.keys())
@@ -116,7 +120,7 @@ def load(path: str | os.PathLike, like: Mapping[str, Any] | None = None) -> dict
             if top and len(top) == len(missing):
                 raise UserError(
                     f"{path}: has no classifier top ({', '.join(sorted({k.split('/')[0] for k in top}))}): "
-                    "it is a no-top file; use include_top=False or the full weights file"
+                    f"it is a no-top file; {no_top_hint}"
                 )
             raise UserError(f"{path}: missing {len(missing)} parameter(s): {', '.join(missing[:4])}")
         out = {}
@@ -126,6 +130,25 @@ def load(path: str | os.PathLike, like: Mapping[str, Any] | None = None) -> dict
                 raise UserError(f"{path}: {k} has shape {shape}, the model expects {tuple(spec.shape)}")
             out[k] = _read_tensor(f, path, k)
         return unflatten(out)
+
+
+def load_checked(
+    path: str | os.PathLike,
+    like: Mapping[str, Any],
+    architecture: str,
+    wanted: str | None = None,
+    no_top_hint: str = NO_TOP_HINT,
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(params read exactly as `like`, metadata) of a file holding `architecture` params (or not saying which).
+
+    The one loading path of the factories, the trainer's backbone and the Predictor. `wanted` words the
+    refusal of another architecture ("but --arch is vgg16"; default "not vgg16"); `no_top_hint` that of a
+    no-top file where `like` has fc1/fc2.
+    """
+    meta = read_metadata(path)
+    if meta.get("architecture") not in (None, architecture):
+        raise UserError(f"{path}: holds {meta['architecture']} params, {wanted or f'not {architecture}'}")
+    return load(path, like=like, no_top_hint=no_top_hint), meta
 
 
 def _read_tensor(f, path: str | os.PathLike, key: str) -> np.ndarray:

@@ -6,8 +6,10 @@ one); each process feeds its own shard of the data, and only the first process w
 
 from __future__ import annotations
 
+import datetime
 import hashlib
 import platform
+import sys
 import time
 from dataclasses import dataclass
 from functools import partial
@@ -59,7 +61,9 @@ class Topology:
 def open_sources(cfg: TrainConfig):
     from vgg_jax import data
 
-    options = {"valid_fraction": cfg.valid_fraction, "seed": cfg.seed, "manual_dir": cfg.tfds_manual_dir}
+    options = {"valid_fraction": cfg.valid_fraction, "seed": cfg.seed, "manual_dir": cfg.tfds_manual_dir,
+               "labels_from_filename": cfg.labels_from_filename,
+               "valid_fraction_default": data.DEFAULT_VALID_FRACTION}  # fmt: skip
     train_src = data.open_source(cfg.data, "train", **options)
     valid_src = data.open_source(cfg.data, "valid", **options)
     if train_src.class_names != valid_src.class_names:
@@ -99,8 +103,10 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -> di
     eval_bs = cfg.eval_batch_size or cfg.batch_size
     local_eval_bs = topo.local(eval_bs, "--eval-batch-size")
     # Everything that can refuse the inputs runs before the run folder is touched.
+    # Weights before any data is listed: offline with no cached file fails in one line, at once.
+    weights = resolve_weights(cfg.weights, cfg.arch, cfg.top == "fc")
+    parse_lr_mults(cfg.lr_mult, cfg.freeze_through)  # a factor for a frozen group is a mistake
     train_src, valid_src = open_sources(cfg)
-    weights = resolve_weights(cfg.weights)
     probe = build_model(cfg, len(train_src.class_names))
     params = init_params(probe, cfg, weights)
     trainable, frozen = split(params, cfg.freeze_through)
@@ -198,6 +204,8 @@ def _train(cfg, topo, resume, train_src, valid_src, weights, probe, trainable, f
             checkpoints.save(int(state.step), state, Position(epoch + 1, 0), val_loss=result["loss"])
     finally:
         checkpoints.close()
+    if metrics is not None:
+        rundir.write_run(run_dir, _finished(rundir.read_run(run_dir), metrics.rows))
     if topo.process_count > 1:
         digest = hashlib.sha256(
             b"".join(np.ascontiguousarray(x).tobytes() for x in jax.tree.leaves(parallel.to_host(state.params)))
@@ -291,8 +299,37 @@ def _run_info(cfg, train_src, valid_src, weights, state, frozen, topo, cut: str 
         "params": {"trainable": param_bytes(state.params) // 4, "frozen": param_bytes(frozen) // 4,
                    "optimizer_state_bytes": param_bytes(state.opt_state)},
         "topology": {"devices": topo.mesh.size, "processes": topo.process_count, "platform": jax.devices()[0].platform},
-        "versions": {"vgg_jax": vgg_jax.__version__, "jax": jax.__version__, "python": platform.python_version()},
+        "versions": _versions(),
+        "command": list(sys.argv),
+        "started": _utc_now(),
     }  # fmt: skip
+
+
+def _versions() -> dict:
+    """Versions of Python and of the packages a run's numbers depend on."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    def of(dist: str) -> str | None:
+        try:
+            return version(dist)
+        except PackageNotFoundError:
+            return None
+
+    found = {name: of(dist) for name, dist in
+             (("jaxlib", "jaxlib"), ("flax", "flax"), ("optax", "optax"), ("orbax", "orbax-checkpoint"))}
+    return {"vgg_jax": vgg_jax.__version__, "jax": jax.__version__, **found, "python": platform.python_version()}
+
+
+def _utc_now() -> str:
+    return datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
+
+
+def _finished(info: dict, rows: list[dict]) -> dict:
+    """run.json at the end of training: the end time and the best validation row (lowest loss, as "best" keeps)."""
+    valid = [r for r in rows if r.get("kind") == "valid" and r.get("loss") is not None]
+    best = min(valid, key=lambda r: r["loss"], default=None)
+    keep = ("loss", "accuracy", "step", "epoch")
+    return {**info, "ended": _utc_now(), "best_valid": {k: best[k] for k in keep} if best else None}
 
 
 def _image_batches(source, cfg: TrainConfig, local_bs: int, topo: Topology, epoch: int, start: int):
