@@ -13,6 +13,7 @@ import shutil
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 from PIL import Image
 from safetensors.numpy import save_file
@@ -225,3 +226,32 @@ def test_package_surface():
              "load_image"}  # fmt: skip
     assert names <= set(dir(vgg_jax))
     assert vgg_jax.load is load and vgg_jax.Predictor is Predictor and vgg_jax.load_image is load_image
+
+
+def test_inference_restores_the_params_alone_and_builds_no_optimizer(run, monkeypatch):
+    """load_run reads the trained params by orbax's partial restore: they equal the full state's params, and
+    no optimizer is built (make_optimizer would raise) nor optimizer state read."""
+    from vgg_jax import optim
+    from vgg_jax.checkpoint import Checkpoints
+    from vgg_jax.evaluate import load_run
+    from vgg_jax.freeze import split
+    from vgg_jax.network import build_model, init_params, resolve_weights
+    from vgg_jax.step import create_state
+
+    out = run
+    cfg = TrainConfig.from_json(json.loads((out / "run.json").read_text())["config"])
+    trainable, _ = split(init_params(build_model(cfg, 2), cfg, resolve_weights(cfg.weights)), cfg.freeze_through)
+    state_like = create_state(trainable, optim.make_optimizer(trainable), cfg.seed)
+    checkpoints = Checkpoints(out / "checkpoints", cfg.keep_checkpoints)
+    step, full_state, _ = checkpoints.restore_good(state_like, "best", say=pytest.fail)
+    checkpoints.close()
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("inference must not build an optimizer")
+
+    for name in ("adam", "sgd"):  # whatever imports make_optimizer, building one calls these at call time
+        monkeypatch.setattr(optax, name, refuse)
+    params = load_run(out, which="best")[3]
+    assert jax.tree.structure(params) == jax.tree.structure(full_state.params)
+    jax.tree.map(np.testing.assert_array_equal, jax.device_get(params), jax.device_get(full_state.params))
+    assert vgg_jax.load(out).classes == ["cats", "dogs"]

@@ -126,15 +126,44 @@ class Checkpoints:
         # Orbax hands back optax's NamedTuple states as plain tuples: put like's structure back.
         return jax.tree.unflatten(jax.tree.structure(like), jax.tree.leaves(restored)), meta
 
-    def restore_good(self, like: Any, which: str | int = "latest", say=print) -> tuple[int, Any, dict] | None:
+    def restore_params(self, step: int, like: Any) -> tuple[Any, dict]:
+        """(trained params shaped like `like`, meta) of checkpoint `step`, read alone by orbax's partial restore:
+        inference builds no optimizer and reads no optimizer state. Errors as `restore`."""
+        folder = self.directory / str(step)
+        if (why := self.problem(step)) is not None:
+            raise CheckpointDamaged(f"{folder}: checkpoint {step} {why}")
+        meta = self.meta(step)
+        recorded = [[p[len(".params") :], *rest] for p, *rest in meta.get("shapes") or [] if p.startswith(".params")]
+        want = shapes_of(like)
+        if recorded != want:
+            diff = next((f"{g[0]} {g[1]} vs {w[1]}" for g, w in zip(recorded, want) if g != w),
+                        f"{len(recorded)} vs {len(want)} arrays")  # fmt: skip
+            raise UserError(f"{folder}: checkpoint does not fit this model ({diff})")
+        ocp = _ocp()
+        abstract = {"params": jax.tree.map(ocp.utils.to_shape_dtype_struct, like)}
+        restore = ocp.args.PyTreeRestore(item=abstract, restore_args=ocp.checkpoint_utils.construct_restore_args(abstract),
+                                         partial_restore=True)  # fmt: skip
+        try:
+            with ocp.PyTreeCheckpointer() as reader:
+                restored = reader.restore(folder / STATE, args=restore)
+        except Exception as e:  # noqa: BLE001 - orbax/tensorstore raise many types for missing or corrupt files
+            _quiet_orphaned_futures()
+            raise CheckpointDamaged(f"{folder}: checkpoint {step} is damaged ({_damage(e)})") from None
+        return restored["params"], meta
+
+    def restore_good(
+        self, like: Any, which: str | int = "latest", say=print, params_only: bool = False
+    ) -> tuple[int, Any, dict] | None:
         """(step, state, meta) of the preferred usable checkpoint ("latest", "best" or a step), passing over
-        incomplete or damaged ones with one line each; None when the run has no usable checkpoint."""
+        incomplete or damaged ones with one line each; None when the run has no usable checkpoint. With
+        `params_only`, `like` and the result are the trained params alone (restore_params)."""
+        read = self.restore_params if params_only else self.restore
         if isinstance(which, int):
-            return which, *self.restore(which, like)
+            return which, *read(which, like)
         skipped = [(s, why) for s in reversed(self.steps()) if (why := self.problem(s)) is not None]
         for step in self.ranked(which):
             try:
-                state, meta = self.restore(step, like)
+                state, meta = read(step, like)
             except CheckpointDamaged as e:
                 skipped.append((step, str(e).split(f"checkpoint {step} ", 1)[-1]))
                 continue

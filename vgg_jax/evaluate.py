@@ -16,12 +16,11 @@ from vgg_jax.classifier import image_apply_fn
 from vgg_jax.config import TrainConfig
 from vgg_jax.errors import UserError
 from vgg_jax.fileio import atomic_path
-from vgg_jax.freeze import parse_lr_mults, split
+from vgg_jax.freeze import split
 from vgg_jax.network import Weights, build_model, init_params, resolve_weights
-from vgg_jax.optim import make_optimizer
 from vgg_jax.paths import cache_dir, file_digest
 from vgg_jax.rundir import say
-from vgg_jax.step import create_state, eval_step
+from vgg_jax.step import eval_step
 from vgg_jax.train import evaluate_batches
 
 
@@ -42,32 +41,21 @@ def load_run(run_dir: str | Path, weights: str | None = None, which: str | int =
     probe = build_model(cfg, len(classes))
     trainable, frozen = split(init_params(probe, cfg, resolved), cfg.freeze_through)
     model = probe
-    tx = make_optimizer(
-        trainable,
-        name=cfg.optimizer,
-        lr=cfg.lr,
-        warmup_steps=cfg.warmup_steps,
-        cosine=cfg.schedule == "cosine",
-        momentum=cfg.momentum,
-        clip_norm=cfg.clip_norm,
-        lr_mults=parse_lr_mults(cfg.lr_mult),
-    )
     mesh = parallel.make_mesh()
-    state = create_state(trainable, tx, cfg.seed)
-    state_sh = parallel.shardings_for(state, mesh, cfg.shard_fc)
+    params_sh = parallel.shardings_for(trainable, mesh, cfg.shard_fc)
     checkpoints = Checkpoints(Path(run_dir) / "checkpoints", cfg.keep_checkpoints)
-    try:
-        found = checkpoints.restore_good(parallel.put(state, state_sh), which, say=say)
+    try:  # the trained params alone: no optimizer is built, no optimizer state is read
+        found = checkpoints.restore_good(parallel.put(trainable, params_sh), which, say=say, params_only=True)
     finally:
         checkpoints.close()
     if found is None:
         raise UserError(f"{run_dir}: no usable checkpoint yet; train first (or --resume the run)")
-    step, state, _ = found
+    step, params, _ = found
     frozen_sh = parallel.shardings_for(frozen, mesh, cfg.shard_fc)
     frozen = parallel.put(frozen, frozen_sh)
     say(f"{run_dir}: checkpoint step {step}; weights: {resolved.label}")
-    eval_fn = parallel.jit_eval(partial(eval_step, apply_fn=image_apply_fn(model)), state_sh.params, frozen_sh, mesh)
-    return cfg, classes, RunModel(eval_fn, mesh), state.params, frozen
+    eval_fn = parallel.jit_eval(partial(eval_step, apply_fn=image_apply_fn(model)), params_sh, frozen_sh, mesh)
+    return cfg, classes, RunModel(eval_fn, mesh), params, frozen
 
 
 def _run_weights(run_dir: str | Path, recorded: dict, weights: str | None) -> Weights:
