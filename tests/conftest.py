@@ -38,6 +38,23 @@ def vgg19(images):
 
 
 @pytest.fixture(scope="module")
+def small_weights_file(tmp_path_factory):
+    """A small vgg11 (widths 8,8,16,16,16, fc 32, random, seed 7) with its fc layers as a params file: a stand-in
+    for the ImageNet file in trainer tests; the trainer gives the head a fresh init."""
+    from vgg_jax import params_io
+    from vgg_jax.config import TrainConfig
+    from vgg_jax.network import build_model, init_params, resolve_weights
+    from vgg_jax.parallel import to_host
+
+    cfg = TrainConfig(data="unused", out="unused", arch="vgg11", widths=(8, 8, 16, 16, 16), fc_units=32,
+                      image_size=32, seed=7)  # fmt: skip
+    params = init_params(build_model(cfg, 2), cfg, resolve_weights(None))
+    path = tmp_path_factory.mktemp("weights") / "vgg11-small.safetensors"
+    params_io.save(path, {k: v for k, v in to_host(params).items() if k != "head"}, {"architecture": "vgg11"})
+    return path
+
+
+@pytest.fixture(scope="module")
 def cache(tmp_path_factory):
     """A cache folder ($VGG_JAX_CACHE) for one test module."""
     return tmp_path_factory.mktemp("cache")

@@ -96,13 +96,9 @@ SEED = 0
 
 
 @pytest.fixture(scope="module")
-def weights_file(tmp_path_factory):
-    """A small vgg11 backbone (random, seed 7) as a params file; the trainer gives the head a fresh init."""
-    cfg = TrainConfig(data="unused", out="unused", **SMALL, seed=7)
-    params = init_params(build_model(cfg, 2), cfg, resolve_weights(None))
-    path = tmp_path_factory.mktemp("weights") / "vgg11-small.safetensors"
-    params_io.save(path, {k: v for k, v in to_host(params).items() if k != "head"}, {"architecture": "vgg11"})
-    return path
+def weights_file(small_weights_file):
+    """conftest's small vgg11 params file (random, seed 7)."""
+    return small_weights_file
 
 
 @pytest.fixture(scope="module")

@@ -15,18 +15,17 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from vgg_jax import features, params_io
+from tests.test_train import SMALL
+from vgg_jax import features
 from vgg_jax.classifier import Classifier
 from vgg_jax.config import TrainConfig
 from vgg_jax.errors import UserError
 from vgg_jax.evaluate import load_run
 from vgg_jax.network import build_model, init_params, resolve_weights
-from vgg_jax.parallel import to_host
 from vgg_jax.step import dropout_keys
 from vgg_jax.synthetic import write_folder
 from vgg_jax.train import train
 
-SMALL = dict(arch="vgg11", widths=(8, 8, 16, 16, 16), fc_units=32, image_size=32, batch_size=8, lr=3e-3)
 TOL = dict(rtol=1e-4, atol=1e-6)  # cached vs through-backbone: the same masks, float32 reordering only
 
 
@@ -36,13 +35,9 @@ def folder(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def weights(tmp_path_factory):
-    """A small vgg11 with its fc layers, random (seed 7), as a params file: a stand-in for the ImageNet file."""
-    cfg = TrainConfig(data="unused", out="unused", **SMALL, seed=7)
-    params = init_params(build_model(cfg, 2), cfg, resolve_weights(None))
-    path = tmp_path_factory.mktemp("weights") / "vgg11-small.safetensors"
-    params_io.save(path, {k: v for k, v in to_host(params).items() if k != "head"}, {"architecture": "vgg11"})
-    return str(path)
+def weights(small_weights_file):
+    """conftest's small vgg11 with its fc layers (random, seed 7): a stand-in for the ImageNet file."""
+    return str(small_weights_file)
 
 
 @pytest.fixture
