@@ -14,8 +14,9 @@ from vgg_jax import parallel, rundir
 from vgg_jax.checkpoint import Checkpoints
 from vgg_jax.classifier import image_apply_fn
 from vgg_jax.config import TrainConfig
+from vgg_jax.data_source import printable
 from vgg_jax.errors import UserError
-from vgg_jax.fileio import atomic_path
+from vgg_jax.fileio import atomic_path, check_writable
 from vgg_jax.freeze import split
 from vgg_jax.network import Weights, build_model, init_params, resolve_weights
 from vgg_jax.paths import cache_dir, file_digest
@@ -55,7 +56,7 @@ def load_run(run_dir: str | Path, weights: str | None = None, which: str | int =
     frozen = parallel.put(frozen, frozen_sh)
     say(f"{run_dir}: checkpoint step {step}; weights: {resolved.label}")
     eval_fn = parallel.jit_eval(partial(eval_step, apply_fn=image_apply_fn(model)), params_sh, frozen_sh, mesh)
-    return cfg, classes, RunModel(eval_fn, mesh), params, frozen
+    return cfg, classes, RunModel(eval_fn, mesh, step), params, frozen
 
 
 def _run_weights(run_dir: str | Path, recorded: dict, weights: str | None) -> Weights:
@@ -83,40 +84,120 @@ def _cached_by_sha256(sha256: str) -> Path | None:
 
 @dataclass(frozen=True)
 class RunModel:
-    """A restored run's jitted eval function and the mesh its arrays live on."""
+    """A restored run's jitted eval function, the mesh its arrays live on, and the checkpoint step restored."""
 
     eval_fn: Any
     mesh: Any
+    step: int
 
 
 def evaluate(
-    run_dir: str | Path, data_spec: str | None = None, split_name: str = "valid", batch_size: int | None = None
+    run_dir: str | Path,
+    data_spec: str | None = None,
+    split_name: str = "valid",
+    batch_size: int | None = None,
+    report_dir: str | Path | None = None,
+    top_losses: int = 16,
 ) -> dict:
-    """Accuracy, log loss and confusion matrix on a labelled split; prints them and returns them."""
-    from vgg_jax import data
+    """Accuracy, log loss, confusion matrix, per-class metrics (and AUC for two classes) on a labelled split;
+    prints them, writes the report folder (RUN/eval by default: vgg_jax.report.FILES) and returns the report."""
+    from vgg_jax import data, report
 
+    if top_losses < 1:
+        raise UserError(f"--top-losses must be an integer >= 1. Received: {top_losses}")
+    folder = Path(report_dir) if report_dir is not None else Path(run_dir) / "eval"
+    if folder.exists() and not folder.is_dir():
+        raise UserError(f"{folder}: exists and is not a folder; give --report a folder")
+    check_writable(folder / "report.json", "report")  # before any checkpoint is loaded
     cfg, classes, run_model, trainable, frozen = load_run(run_dir)
-    source = data.open_source(data_spec or cfg.data, split_name, valid_fraction=cfg.valid_fraction, seed=cfg.seed,
+    spec = data_spec or cfg.data
+    source = data.open_source(spec, split_name, valid_fraction=cfg.valid_fraction, seed=cfg.seed,
                               labels_from_filename=cfg.labels_from_filename,
                               valid_fraction_default=data.DEFAULT_VALID_FRACTION)  # as train() opened it  # fmt: skip
     if source.class_names != classes:
-        raise UserError(f"{data_spec or cfg.data}: classes {source.class_names} differ from the run's {classes}")
+        raise UserError(f"{spec}: classes {source.class_names} differ from the run's {classes}")
     say(f"{split_name}: {source.describe()}")
     bs = batch_size or cfg.eval_batch_size or cfg.batch_size
     parallel.check_batch_size(bs, run_model.mesh)
     result = evaluate_batches(run_model.eval_fn, trainable, frozen, _batches(data, source, cfg, bs), run_model.mesh)
     labels = result["labels"].astype(np.int64)
-    predicted = result["probs"].argmax(-1)
-    confusion = np.zeros((len(classes), len(classes)), np.int64)
-    np.add.at(confusion, (labels, predicted), 1)
-    result["confusion"] = confusion
-    width = max(8, *(len(c) for c in classes))
-    say(f"accuracy {result['accuracy']:.4f}   log loss {result['loss']:.4f}   ({result['count']} images)")
+    paths = _row_paths(source, result["ids"])
+    identity = _identity(run_dir, run_model.step, cfg, spec, split_name, source, result, paths)
+    written = report.write(folder, identity, result["probs"], labels, paths, classes, top_losses,
+                           partial(_tile, cfg.resize) if source.paths is not None else lambda _: None)  # fmt: skip
+    result["confusion"] = np.asarray(written["confusion_matrix"]["counts"], np.int64)
+    _print_report(written, classes)
+    say(f"report: {folder} ({', '.join(report.FILES)})")
+    result["report"] = written
+    return result
+
+
+def _row_paths(source, ids: list[str]) -> list[str]:
+    """The file path of every scored row (folder sources), else its id (tfds record names)."""
+    if source.paths is None:
+        return list(ids)
+    path_of = dict(zip(source.ids, source.paths))
+    return [path_of[i] for i in ids]
+
+
+def _identity(
+    run_dir, step: int, cfg: TrainConfig, spec: str, split_name: str, source, result: dict, paths: list[str]
+) -> dict:
+    """report.json's head: what was scored, by which checkpoint of which run, and the two headline numbers."""
+    from vgg_jax.features import contents_digest
+
+    info = rundir.read_run(run_dir)
+    if source.paths is not None:
+        fingerprint, of = contents_digest(paths, say=say), "the scored files' contents, in row order"
+    else:
+        fingerprint, of = source.fingerprint, "the tfds split's listing"
+    return {
+        "run": str(Path(run_dir).absolute()),
+        "checkpoint_step": step,
+        "run_started": info.get("started"),
+        "weights_sha256": info["weights"]["sha256"],
+        "config": {
+            k: getattr(cfg, k)
+            for k in ("arch", "top", "image_size", "resize", "interpolation", "freeze_through", "dtype", "seed")
+        },
+        "classes": list(source.class_names),
+        "data": spec,
+        "split": split_name,
+        "images": result["count"],
+        "unreadable": len(source.skipped) + len(source.failed),
+        "data_fingerprint": fingerprint,
+        "data_fingerprint_of": of,
+        "accuracy": result["accuracy"],
+        "log_loss": result["loss"],
+    }
+
+
+def _tile(resize_mode: str, path: str) -> np.ndarray:
+    """A top-losses tile: the file at report.TILE px, in the run's resize mode (what the network saw), bilinear."""
+    from vgg_jax.report import TILE
+    from vgg_jax.resize import decode_resize
+
+    return decode_resize(path, TILE, resize_mode, "bilinear")
+
+
+def _print_report(written: dict, classes: list[str]) -> None:
+    """The text report: headline numbers, confusion matrix, per-class precision/recall/f1/support, AUC."""
+    width = max(9, *(len(c) for c in classes))
+    say(f"accuracy {written['accuracy']:.4f}   log loss {written['log_loss']:.4f}   ({written['images']} images)")
     say("confusion matrix (rows: true, columns: predicted)")
     say(" " * (width + 2) + "".join(f"{c:>{width}}" for c in classes))
-    for name, row in zip(classes, confusion):
+    for name, row in zip(classes, written["confusion_matrix"]["counts"]):
         say(f"  {name:<{width}}" + "".join(f"{v:>{width}}" for v in row))
-    return result
+    say(f"  {'':<{width}}" + "".join(f"{h:>{width}}" for h in ("precision", "recall", "f1", "support")))
+    for name, m in written["per_class"].items():
+        say(f"  {name:<{width}}" + "".join(f"{m[h]:>{width}.4f}" for h in ("precision", "recall", "f1"))
+            + f"{m['support']:>{width}}")  # fmt: skip
+    if "roc_auc" in written:
+        auc = "undefined (one class only)" if written["roc_auc"] is None else f"{written['roc_auc']:.4f}"
+        say(f"ROC AUC {auc}   (score: {written['roc_auc_score']})")
+
+
+FORMATS = ("kaggle", "full")
 
 
 def predict(
@@ -125,21 +206,30 @@ def predict(
     csv_path: str | None = None,
     clip: float | None = None,
     batch_size: int | None = None,
+    fmt: str = "kaggle",
 ) -> Path:
-    """Writes id,label (Kaggle Dogs vs Cats: label = P(class 1)) for every image in `target`, in id order."""
+    """Writes a CSV for every image in `target`, in id order: `kaggle` id,label (Kaggle Dogs vs Cats: label =
+    P(class 1); a column per class beyond two), or `full` path, predicted class and every class's probability."""
     from vgg_jax import data
 
+    if fmt not in FORMATS:
+        raise UserError(f"--format must be kaggle or full. Received: {fmt!r}")
+    if clip is not None and not 0 <= clip < 0.5:
+        raise UserError(f"--clip must be in [0, 0.5). Received: {clip}")
+    out = Path(csv_path or Path(run_dir) / "predictions.csv")
+    check_writable(out, "CSV")  # before any checkpoint is loaded
     cfg, classes, run_model, trainable, frozen = load_run(run_dir)
     source = data.open_source(target, "test")
     say(f"predict: {source.describe()}")
-    if clip is not None and not 0 <= clip < 0.5:
-        raise UserError(f"--clip must be in [0, 0.5). Received: {clip}")
     bs = batch_size or cfg.eval_batch_size or cfg.batch_size
     parallel.check_batch_size(bs, run_model.mesh)
     result = evaluate_batches(
         run_model.eval_fn, trainable, frozen, _batches(data, source, cfg, bs, labelled=False), run_model.mesh
     )
     probs, ids = result["probs"], result["ids"]
+    if fmt == "full":
+        _write_full(out, source, ids, probs, classes, clip)
+        return out
     # Files that could not be decoded still get a row (a Kaggle submission needs every id): the uninformative prior.
     unreadable = source.unreadable_ids
     if unreadable:
@@ -150,7 +240,6 @@ def predict(
         ids = ids + unreadable
     if clip:
         probs = np.clip(probs, clip, 1 - clip)
-    out = Path(csv_path or Path(run_dir) / "predictions.csv")
     with atomic_path(out) as tmp, open(tmp, "w", newline="") as f:
         writer = csv.writer(f)
         if len(classes) == 2:
@@ -166,34 +255,32 @@ def predict(
     return out
 
 
+def _write_full(out: Path, source, ids: list[str], probs: np.ndarray, classes: list[str], clip: float | None) -> None:
+    """path,predicted,<class>...: every class's probability (float32, 9 digits); unreadable files get empty cells."""
+    from vgg_jax.report import number
+
+    predicted = probs.argmax(-1)
+    if clip:
+        probs = np.clip(probs, clip, 1 - clip)
+    unreadable = [p for p, _ in source.skipped + source.failed if source.id_of(p) is not None]
+    with atomic_path(out) as tmp, open(tmp, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["path", "predicted", *classes])
+        rows = zip(_row_paths(source, ids), predicted, probs)
+        writer.writerows([printable(path), classes[k], *map(number, p)] for path, k, p in rows)
+        writer.writerows([printable(p), "", *[""] * len(classes)] for p in unreadable)
+    if unreadable:
+        say(
+            f"predict: {len(unreadable)} unreadable image(s) get empty cells: {', '.join(map(printable, unreadable[:5]))}"
+        )
+    clipped = f"; clipped to [{clip}, {1 - clip}]" if clip else ""
+    say(
+        f"wrote {out} ({len(ids) + len(unreadable)} rows: path, predicted class, P(class) for {', '.join(classes)}{clipped})"
+    )
+
+
 def _batches(data, source, cfg: TrainConfig, batch_size: int, labelled: bool = True):
     for b in data.eval_batches(source, batch_size, image_size=cfg.image_size, resize=cfg.resize,
                                interpolation=cfg.interpolation):  # fmt: skip
         label = b["label"] if labelled else np.zeros(len(b["mask"]), np.int32)
         yield {"inputs": b["image"], "label": label, "mask": b["mask"], "id": b["id"]}
-
-
-def export(run_dir: str | Path, out: str | Path, which: str = "best") -> Path:
-    """Writes the run's whole network (frozen + trained params, `head` included) as a params file, with the
-    metadata `vgg_jax.load` and `VGG16(weights=...)` rebuild it from (classes, image size, resize, model)."""
-    from vgg_jax import params_io
-    from vgg_jax.freeze import merge
-    from vgg_jax.predictor import export_metadata
-
-    cfg, classes, _, trainable, frozen = load_run(run_dir, which=which)
-    params = parallel.to_host(merge(trainable, frozen))
-    metadata = export_metadata(cfg, classes, str(run_dir))
-    if _random_backbone(run_dir):  # stays labelled RANDOM wherever the file goes
-        metadata["weights"] = "random"
-    params_io.save(out, params, metadata)
-    say(f"wrote {out}")
-    return Path(out)
-
-
-def _random_backbone(run_dir: str | Path) -> bool:
-    """Whether the run trained on a random backbone: no weights file, or one whose metadata says random."""
-    recorded = rundir.read_run(run_dir)["weights"]
-    if recorded["sha256"] is None:
-        return True
-    path = recorded.get("path")
-    return bool(path and Path(path).is_file() and resolve_weights(path).random)

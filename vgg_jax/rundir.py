@@ -20,7 +20,7 @@ from vgg_jax.fileio import TEMP_PREFIX, atomic_path, clean_stale_temps, os_reaso
 
 RUN_FILE = "run.json"
 LOCK_FILE = ".lock"
-RUN_FILES = ("checkpoints", "metrics.jsonl", "curves.png", RUN_FILE)
+RUN_FILES = ("checkpoints", "metrics.jsonl", "curves.png", "eval", RUN_FILE)
 
 
 def read_run(run_dir: str | Path) -> dict:
