@@ -239,7 +239,7 @@ def test_predict_unwritable_csv_before_loading(capsys, run, folder, tmp_path, re
 
 def test_export_unwritable_output_before_loading(capsys, run, tmp_path, readonly_dir, full_dir):
     for target, words in csv_targets(tmp_path, readonly_dir, full_dir).items():
-        line, out = refused(capsys, ["export", run, "-o", target])
+        line, out = refused(capsys, ["export", run, "-o", target, "--format", "params"])
         assert str(target) in line and "params file" in line and words in line, (target, line)
         assert "checkpoint step" not in out, f"{target}: the checkpoint was loaded before the output was checked"
 

@@ -26,7 +26,8 @@ from vgg_jax.classify import decode_predictions, imagenet_classes
 from vgg_jax.config import TrainConfig
 from vgg_jax.data import open_source
 from vgg_jax.errors import UserError
-from vgg_jax.evaluate import export, predict
+from vgg_jax.evaluate import predict
+from vgg_jax.export import export
 from vgg_jax.image import load_image
 from vgg_jax.model import VGG
 from vgg_jax.predictor import Predictor, load

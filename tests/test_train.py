@@ -14,7 +14,8 @@ import pytest
 
 from vgg_jax.config import TrainConfig
 from vgg_jax.errors import UserError
-from vgg_jax.evaluate import evaluate, export, load_run, predict
+from vgg_jax.evaluate import evaluate, load_run, predict
+from vgg_jax.export import export
 from vgg_jax.synthetic import write_folder
 from vgg_jax.train import Diverged, train
 

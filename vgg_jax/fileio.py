@@ -7,7 +7,7 @@ import errno
 import os
 import secrets
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 
 from vgg_jax.errors import UserError
@@ -61,10 +61,22 @@ def _alive(pid: int) -> bool:
     return True
 
 
-@contextmanager
-def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+def atomic_path(path: str | os.PathLike) -> AbstractContextManager[Path]:
     """Yields a temp path beside `path`; on success fsyncs it, gives it the umask's mode and renames it over
     `path`. On failure the temp file is removed and `path` is untouched. OS errors become one-line UserErrors."""
+    return _atomic(path, folder=False)
+
+
+def atomic_folder(path: str | os.PathLike) -> AbstractContextManager[Path]:
+    """atomic_path for a folder another library fills (a SavedModel): a temp folder beside `path`, renamed to it
+    on success, removed on failure."""
+    return _atomic(path, folder=True)
+
+
+@contextmanager
+def _atomic(path: str | os.PathLike, folder: bool) -> Iterator[Path]:
+    import shutil
+
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -75,15 +87,16 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     try:
         try:
             yield tmp
-            with open(tmp, "rb+") as f:
-                os.fsync(f.fileno())
-            os.chmod(tmp, umask_mode())
+            if not folder:
+                with open(tmp, "rb+") as f:
+                    os.fsync(f.fileno())
+                os.chmod(tmp, umask_mode())
             os.replace(tmp, path)
         except OSError as e:
             raise UserError(f"{path}: cannot write ({os_reason(e)})") from None
     finally:
         if os.path.lexists(tmp):
-            os.unlink(tmp)
+            shutil.rmtree(tmp, ignore_errors=True) if folder and tmp.is_dir() else os.unlink(tmp)
 
 
 def check_writable(path: str | os.PathLike, what: str = "output") -> Path:

@@ -59,7 +59,7 @@ class Predictor:
         self.model, self.params, self.classes = model, jax.device_put(params), list(classes)
         self.image_size, self.batch_size = image_size, batch_size
         self.resize, self.interpolation = resize, interpolation
-        self._probs = jax.jit(_probabilities_fn(model), **jit_options())
+        self._probs = jax.jit(probabilities_fn(model), **jit_options())
 
     def __repr__(self) -> str:
         return (
@@ -236,8 +236,9 @@ def _model_config(path: str | os.PathLike, meta: dict[str, Any]) -> TrainConfig:
     return cfg
 
 
-def _probabilities_fn(model: Classifier) -> Callable[[dict, jax.Array], jax.Array]:
-    """(params, uint8 images) -> probabilities, as the eval step computes them."""
+def probabilities_fn(model: Classifier) -> Callable[[dict, jax.Array], jax.Array]:
+    """(params, uint8 images [N, S, S, 3]) -> probabilities [N, classes] (sigmoid: P(class 0), P(class 1)), as the
+    eval step computes them: caffe preprocessing inside. Also what `vgg-jax export --format stablehlo` exports."""
     from vgg_jax.classifier import image_apply_fn
     from vgg_jax.step import probabilities
 
