@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from vgg_jax import arch
+from vgg_jax.config import MIN_IMAGE_SIZE
 from vgg_jax.errors import UserError
 from vgg_jax.paths import imagenet_params_path
 
@@ -65,6 +66,21 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="self-check of the transforms: our Flax model vs a float64 numpy forward over the source as read, in the "
         "conventions the report states; it does not check the layer mapping or the conventions (needs jax)",
     )
+    p.add_argument(
+        "--classes",
+        help="a fine-tuned model's class names, comma-separated in label order (default: class_0, class_1, ...)",
+    )
+    p.add_argument(
+        "--image-size",
+        type=int,
+        help="a fine-tuned model's input size where the file does not record it (default: the model config's Input "
+        "shape, else what fc1's rows fix, else 224)",
+    )
+    p.add_argument(
+        "--pooling",
+        choices=["avg", "max"],
+        help="the global pooling before a fine-tuned model's head, for a file without a model config (.weights.h5)",
+    )
     top = p.add_mutually_exclusive_group()
     top.add_argument(
         "--include-top",
@@ -77,7 +93,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from convert import convert_file
+    from convert import TopOptions, convert_file
     from convert.download import fetch
     from vgg_jax.fileio import check_writable
 
@@ -90,7 +106,11 @@ def run(args: argparse.Namespace) -> int:
     else:
         source = Path(args.source)
         output = Path(args.output) if args.output else source.with_name(source.name.split(".")[0] + ".safetensors")
-    report = convert_file(source, output, args.arch, args.include_top, args.kernels, args.fc1_order)
+    if args.image_size is not None and args.image_size < MIN_IMAGE_SIZE:
+        raise UserError(f"--image-size must be an integer >= {MIN_IMAGE_SIZE}. Received: {args.image_size}")
+    classes = [c.strip() for c in args.classes.split(",")] if args.classes is not None else None
+    top = TopOptions(classes, args.image_size, args.pooling)
+    report = convert_file(source, output, args.arch, args.include_top, args.kernels, args.fc1_order, top)
     print(report)
     if args.check:
         import numpy as np
@@ -98,8 +118,11 @@ def run(args: argparse.Namespace) -> int:
         from convert import parity
         from vgg_jax import params_io
 
-        images = np.random.default_rng(0).integers(0, 256, (2, 224, 224, 3), dtype=np.uint8)
-        rows = parity.check(source, params_io.load(output), images, kernels=args.kernels, fc1_order=args.fc1_order)
+        size = report.image_size
+        images = np.random.default_rng(0).integers(0, 256, (2, size, size, 3), dtype=np.uint8)
+        rows = parity.check(
+            source, params_io.load(output), images, args.kernels, args.fc1_order, args.image_size, args.pooling
+        )
         print(f"transform check on 2 random images: {parity.HEADLINE}")
         print(parity.format_rows(rows))
         return 0 if all(r.ok for r in rows) else 1

@@ -13,8 +13,10 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from convert import conventions
+from convert import head as finetuned_top
 from convert.conventions import Convention
 from convert.guard import check_float
+from convert.head import FineTuned
 from convert.source import Layer, Source, natural_key
 from vgg_jax import arch
 from vgg_jax.errors import UserError
@@ -35,10 +37,21 @@ class Plan:
     mapping: list[tuple[str, Layer]]  # (canonical layer name, source layer)
     dropped: list[str] = field(default_factory=list)
     dtypes: list[str] = field(default_factory=list)  # storage dtypes of the mapped weights
+    image_size: int = arch.IMAGE_SIZE  # the input size fc1's rows (or the model config) fix
+    finetuned: FineTuned | None = None  # a fine-tuned model's new top, mapped onto a vgg-jax Classifier
 
     @property
     def shapes(self) -> dict[str, tuple[int, ...]]:
-        return arch.param_shapes(arch.DEPTHS[self.arch], include_top=self.include_top, classes=self.classes)
+        depths = arch.DEPTHS[self.arch]
+        if self.finetuned:
+            return {**arch.param_shapes(depths, include_top=False), **self.finetuned.shapes()}
+        return arch.param_shapes(depths, include_top=self.include_top, classes=self.classes, image_size=self.image_size)
+
+    @property
+    def flat_layer(self) -> str | None:
+        """The Dense on the Flatten, whose rows follow the fc1 row order: fc1, or an MLP top's mlp1."""
+        names = [name for name, _ in self.mapping]
+        return next((n for n in ("fc1", "mlp1") if n in names), None)
 
     @property
     def transforms(self) -> list[str]:
@@ -48,7 +61,9 @@ class Plan:
         if self.kernels.value == "theano":
             steps.append("conv kernels rotated 180 degrees (Theano convolution -> correlation)")
         if self.fc1 and self.fc1.value == "chw":
-            steps.append("fc1 rows reordered (c,h,w) -> (h,w,c)")
+            steps.append(f"{self.flat_layer} rows reordered (c,h,w) -> (h,w,c)")
+        if self.finetuned:
+            steps += finetuned_top.transforms(self.finetuned)
         for dtype in self.dtypes:
             if dtype in ("float16", "bfloat16"):
                 steps.append(f"{dtype} weights widened to float32 (exact)")
@@ -66,11 +81,15 @@ def plan(
     kernels: str | None = None,
     fc1_order: str | None = None,
     official: str | None = None,
+    image_size: int | None = None,
+    pooling: str | None = None,
 ) -> Plan:
     """Decides the mapping for `source`; raises UserError (naming the file) when it is not a usable VGG.
 
     `kernels` ("tf"/"theano") and `fc1_order` ("hwc"/"chw") override what the file records or implies;
-    `official` is the release file name when the source is an official Keras file (by md5).
+    `official` is the release file name when the source is an official Keras file (by md5). A fine-tuned model
+    (a VGG, then a new top and Dense head) maps onto a vgg-jax Classifier (see convert.head); `image_size` and
+    `pooling` ("avg"/"max") say what its file may not record.
     """
     if kernels not in (None, "tf", "theano"):
         raise UserError(f"--kernels must be 'tf' or 'theano'. Received: {kernels!r}")
@@ -79,10 +98,18 @@ def plan(
     path = source.path
     convs = [l for l in source.layers if l.kind == "conv"]
     denses = [l for l in source.layers if l.kind == "dense"]
+    tail = finetuned_top.vgg_tail(source.config)
+    if tail is not None:
+        finetuned_top.check_tail(path, tail)
     _reject_non_vgg(source, convs, denses)
+    _reject_model_without_vgg(source, convs, tail)
 
     layout = _kernel_layout(source, convs)
     conv_names, name = _conv_mapping(source, convs, want_arch)
+    denses = _dense_order(source, denses, tail)
+    if finetuned_top.is_finetuned(source, denses):
+        return _finetuned_plan(source, list(zip(conv_names, convs)), denses, tail, name, layout, include_top,
+                               (kernels, fc1_order, official, image_size, pooling))  # fmt: skip
     if len(denses) not in (0, 3):
         raise UserError(
             f"{path}: {len(denses)} dense layer(s) ({', '.join(l.name for l in denses)}); "
@@ -107,15 +134,68 @@ def plan(
         else:
             dropped = list(arch.TOP_LAYERS)
     classes = denses[-1].shapes[0][1] if keep_top else 1000
+    size = arch.IMAGE_SIZE
+    if keep_top:
+        size, _ = finetuned_top.image_size_of(path, source.config, denses[0], _width(convs, layout), image_size)
 
     conv_kind = conventions.kernel_convention(
         source.format, source.backend, source.keras_version, layout, kernels, official
     )
     fc1 = conventions.fc1_order(path, source.config, layout, fc1_order, official) if keep_top else None
-    result = Plan(name, keep_top, classes, layout, conv_kind, fc1, mapping, dropped)
-    _check_shapes(source, result)
-    result.dtypes = _check_dtypes(result)
-    return result
+    result = Plan(name, keep_top, classes, layout, conv_kind, fc1, mapping, dropped, image_size=size)
+    return _checked(source, result)
+
+
+def _width(convs: list[Layer], layout: str) -> int:
+    """Output channels of the last conv layer (block5's 512 in a VGG)."""
+    shape = convs[-1].shapes[0]
+    return shape[0] if layout == "oihw" else shape[-1]
+
+
+def _checked(source: Source, p: Plan) -> Plan:
+    _check_shapes(source, p)
+    p.dtypes = _check_dtypes(p)
+    return p
+
+
+def _dense_order(source: Source, denses: list[Layer], tail: list[tuple[str, dict]] | None) -> list[Layer]:
+    """Dense layers in network order: the model config's where it names them all (a Keras 3 file's groups sort
+    by class and path, so a nested VGG's fc1 would sort after the new head), else the file's (Keras 3: by path)."""
+    by_name = {l.name.split("/")[-1]: l for l in denses}
+    listed = [str(cfg.get("name")) for cls, cfg in (tail or []) if cls == "Dense"]
+    if denses and len(by_name) == len(denses) and sorted(listed) == sorted(by_name):
+        return [by_name[n] for n in listed]
+    if source.format in ("keras3", "keras3-archive"):
+        return sorted(denses, key=lambda l: natural_key(l.path or l.name))
+    return denses
+
+
+def _finetuned_plan(
+    source: Source,
+    mapping: list[tuple[str, Layer]],
+    denses: list[Layer],
+    tail: list[tuple[str, dict]] | None,
+    name: str,
+    layout: str,
+    include_top: bool | None,
+    options: tuple,
+) -> Plan:
+    """The plan for a fine-tuned model: the VGG's conv layers, then its top as convert.head reads it (or the conv
+    layers alone with include_top=False)."""
+    kernels, fc1_order, official, image_size, pooling = options
+    width = _width([layer for _, layer in mapping], layout)
+    conv_kind = conventions.kernel_convention(
+        source.format, source.backend, source.keras_version, layout, kernels, official
+    )
+    if include_top is False:
+        dropped = [l.name.split("/")[-1] for l in denses]
+        return _checked(source, Plan(name, False, 1000, layout, conv_kind, None, mapping, dropped))
+    fine = finetuned_top.plan(source, denses, tail, width, image_size, pooling)
+    flat = fine.top == "fc" or fine.top.startswith("mlp:")
+    fc1 = conventions.fc1_order(source.path, source.config, layout, fc1_order, official) if flat else None
+    result = Plan(name, True, fine.num_classes, layout, conv_kind, fc1, mapping + fine.mapping,
+                  image_size=fine.image_size, finetuned=fine)  # fmt: skip
+    return _checked(source, result)
 
 
 def oihw_to_hwio(kernel: np.ndarray) -> np.ndarray:
@@ -128,6 +208,13 @@ def rotate_180(kernel_hwio: np.ndarray) -> np.ndarray:
     return kernel_hwio[::-1, ::-1]
 
 
+def merge_softmax(kernel: np.ndarray, bias: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """A 2-unit softmax head -> the one sigmoid unit giving the same P(class 1).
+
+    softmax([z0, z1])[1] = 1 / (1 + exp(z0 - z1)) = sigmoid(z1 - z0), and z1 - z0 = x @ (W[:,1] - W[:,0]) + b1 - b0."""
+    return kernel[:, 1:2] - kernel[:, 0:1], bias[1:2] - bias[0:1]
+
+
 def fc1_rows_chw_to_hwc(kernel: np.ndarray, side: int = arch.IMAGE_SIZE // 32) -> np.ndarray:
     """fc1 rows from channels-first flatten order (c, h, w) to NHWC flatten order (h, w, c)."""
     channels = kernel.shape[0] // (side * side)
@@ -137,16 +224,18 @@ def fc1_rows_chw_to_hwc(kernel: np.ndarray, side: int = arch.IMAGE_SIZE // 32) -
 def arrays(source: Source, p: Plan) -> Iterator[tuple[str, np.ndarray]]:
     """Canonical ("block1_conv1/kernel", array) pairs, read and transformed one layer at a time."""
     for name, layer in p.mapping:
-        kernel = layer.read(0)
+        kernel, bias = layer.read(0), layer.read(1)
         if layer.kind == "conv":
             if p.layout == "oihw":
                 kernel = oihw_to_hwio(kernel)
             if p.kernels.value == "theano":
                 kernel = rotate_180(kernel)
-        elif name == "fc1" and p.fc1.value == "chw":
-            kernel = fc1_rows_chw_to_hwc(kernel)
+        elif name == p.flat_layer and p.fc1.value == "chw":
+            kernel = fc1_rows_chw_to_hwc(kernel, p.image_size // 32)
+        elif name == "head" and p.finetuned.merges_softmax:
+            kernel, bias = merge_softmax(kernel, bias)
         yield f"{name}/kernel", np.ascontiguousarray(kernel, dtype=np.float32)
-        yield f"{name}/bias", layer.read(1)
+        yield f"{name}/bias", bias
 
 
 def _reject_non_vgg(source: Source, convs: list[Layer], denses: list[Layer]) -> None:
@@ -172,6 +261,19 @@ def _reject_non_vgg(source: Source, convs: list[Layer], denses: list[Layer]) -> 
         f"{source.path}: looks like {guess}, not VGG ({len(convs)} conv layers with {kernel_sizes} kernels, "
         f"{batch_norms} batch-norm layers); vgg-jax converts VGG11/13/16/19 only"
     )
+
+
+def _reject_model_without_vgg(source: Source, convs: list[Layer], tail: list | None) -> None:
+    """A Keras model (it has a model config) whose conv layers are neither VGG's names nor a VGG's count."""
+    names = [l.name.split("/")[-1] for l in convs]
+    if source.config is None or tail is not None or any(CANONICAL_CONV.match(n) for n in names):
+        return
+    if arch.arch_for_conv_count(len(convs)) is None:
+        shown = ", ".join(names[:4]) + (", ..." if len(names) > 4 else "")
+        raise UserError(
+            f"{source.path}: a Keras model with no VGG inside ({len(convs)} conv layer(s): {shown}); "
+            "vgg-jax converts VGG11/13/16/19 and models built on one"
+        )
 
 
 def _spatial(shape: tuple[int, ...]) -> tuple[int, int]:
@@ -247,7 +349,10 @@ def _check_dtypes(p: Plan) -> list[str]:
 
 def _check_shapes(source: Source, p: Plan) -> None:
     expected = p.shapes
-    side = arch.IMAGE_SIZE // 32
+    if p.finetuned:  # the head's own shape before a 2-unit softmax becomes one sigmoid unit
+        head = dict(p.mapping)["head"]
+        expected = {**expected, "head/kernel": head.shapes[0], "head/bias": head.shapes[1]}
+    side = p.image_size // 32
     for name, layer in p.mapping:
         if len(layer.datasets) != 2:
             raise UserError(
@@ -264,7 +369,11 @@ def _check_shapes(source: Source, p: Plan) -> None:
             raise UserError(
                 f"{source.path}: wrong shape in layer {src}: kernel {tuple(kernel)}, bias {tuple(bias)}; "
                 f"{p.arch.upper()} expects kernel {_in_layout(want_k, layer.kind, p.layout)}, bias {want_b}"
-                + (f" (fc1 takes the {side}x{side}x512 block5_pool of a 224x224 image)" if name == "fc1" else "")
+                + (
+                    f" (fc1 takes the {side}x{side}x512 block5_pool of a {p.image_size}x{p.image_size} image)"
+                    if name == "fc1"
+                    else ""
+                )
             )
 
 

@@ -46,8 +46,11 @@ def check(
     images: np.ndarray,
     kernels: str | None = None,
     fc1_order: str | None = None,
+    image_size: int | None = None,
+    pooling: str | None = None,
 ) -> list[ParityRow]:
-    """Logits (if the file has a top) and block5_pool features of `images` (uint8 [N, 224, 224, 3])."""
+    """Logits (if the file has a top) and block5_pool features of `images` (uint8 [N, S, S, 3], S the size the
+    conversion took: 224 for ImageNet files); `image_size` and `pooling` as given to the conversion."""
     import jax
 
     from vgg_jax import reference
@@ -55,7 +58,7 @@ def check(
     from vgg_jax.preprocess import preprocess_input
 
     with open_source(source_path) as source:
-        p = mapping.plan(source, kernels=kernels, fc1_order=fc1_order)
+        p = mapping.plan(source, kernels=kernels, fc1_order=fc1_order, image_size=image_size, pooling=pooling)
         raw = [(layer.read(0), layer.read(1)) for _, layer in p.mapping]
     depths = arch.DEPTHS[p.arch]
     n_conv = sum(depths)
@@ -65,11 +68,37 @@ def check(
     got = jax.jit(lambda prm, x: features.apply({"params": prm}, preprocess_input(x)))(params, images)
     want = reference.forward(convs, [], depths, images, p.layout, p.kernels.value == "theano")
     rows.append(ParityRow("block5_pool features", tuple(got.shape), rel_error(got, want)))
-    if p.include_top:
+    if p.finetuned:
+        rows.append(_finetuned_logits(p, params, images, want, denses))
+    elif p.include_top:
         model = VGG(depths=depths, classes=p.classes, classifier_activation=None)
         got = jax.jit(lambda prm, x: model.apply({"params": prm}, preprocess_input(x)))(params, images)
         rows.append(ParityRow("logits", tuple(got.shape), rel_error(got, reference.top(want, denses, p.fc1.value))))
     return rows
+
+
+def _finetuned_logits(p: mapping.Plan, params: dict, images: np.ndarray, features: np.ndarray, denses) -> ParityRow:
+    """A fine-tuned model's head logits: our Classifier against numpy over the source's top layers as read (a
+    2-unit softmax head compared as z1 - z0, the logit of our one sigmoid unit)."""
+    import jax
+
+    from vgg_jax import reference
+    from vgg_jax.classifier import Classifier
+    from vgg_jax.preprocess import preprocess_input
+
+    fine = p.finetuned
+    model = Classifier(depths=arch.DEPTHS[p.arch], top=fine.top, head_units=fine.head_units,
+                       fc_units=fine.fc_units or arch.FC_UNITS)  # fmt: skip
+    got = jax.jit(lambda prm, x: model.apply({"params": prm}, preprocess_input(x)))(params, images)
+    if fine.top in ("avg", "max"):
+        pooled = features.mean(axis=(1, 2)) if fine.top == "avg" else features.max(axis=(1, 2))
+        kernel, bias = denses[-1]
+        want = pooled @ np.asarray(kernel, np.float64) + np.asarray(bias, np.float64)
+    else:
+        want = reference.top(features, denses, p.fc1.value)
+    if fine.merges_softmax:
+        want = want[:, 1:2] - want[:, 0:1]
+    return ParityRow("head logits", tuple(got.shape), rel_error(got, want))
 
 
 def format_rows(rows: list[ParityRow]) -> str:

@@ -169,11 +169,19 @@ def _keras0_layers(f: h5py.File) -> list[Layer]:
 
 
 def _named_layers(g: h5py.Group) -> list[Layer]:
-    """Keras 1/2/3-legacy: the `layer_names` attribute gives network order (groups may be sorted by name)."""
+    """Keras 1/2/3-legacy: the `layer_names` attribute gives network order (groups may be sorted by name).
+
+    A nested model (a VGG16 used as one layer of a fine-tuned model) is one group whose weight names carry
+    its layers' names ('block1_conv1/kernel:0', ...): it is split into those layers, in order."""
     layers = []
     for name in _attr_list(g.attrs, "layer_names"):
         weight_names = _attr_list(g[name].attrs, "weight_names")
-        if weight_names:
+        by_prefix: dict[str, list[h5py.Dataset]] = {}
+        for w in weight_names:
+            by_prefix.setdefault(w.rpartition("/")[0], []).append(g[name][w])
+        if len(by_prefix) > 1:
+            layers += [Layer(prefix.split("/")[-1], datasets) for prefix, datasets in by_prefix.items()]
+        elif weight_names:
             layers.append(Layer(name, [g[name][w] for w in weight_names]))
     return layers
 

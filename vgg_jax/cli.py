@@ -32,6 +32,11 @@ def _classify(args: argparse.Namespace) -> int:
         arch_name = report.architecture
     else:
         meta = params_io.read_metadata(weights)
+        if "head" in params_io.load_keys(weights):
+            raise UserError(
+                f"{weights}: a fine-tuned model (classes {', '.join(map(str, meta.get('classes', [])))}), not ImageNet "
+                f"VGG weights; use vgg_jax.load('{weights}').predict(images) or `vgg-jax predict`"
+            )
         arch_name, random = meta.get("architecture", "vgg16"), meta.get("weights") == "random"
         params = params_io.load(weights)
     print(f"{args.image}  ({arch_name.upper()}, {weights.name}{', RANDOM weights' if random else ''})")
@@ -139,7 +144,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     from vgg_jax.evaluate import evaluate
 
     _check_batch_size(args.batch_size)
-    evaluate(args.run, args.data, args.split, args.batch_size)
+    evaluate(args.run, args.data, args.split, args.batch_size, report_dir=args.report, top_losses=args.top_losses)
     return 0
 
 
@@ -151,16 +156,14 @@ def _predict(args: argparse.Namespace) -> int:
     if args.clip is not None and not 0 <= args.clip < 0.5:
         raise UserError(f"--clip must be in [0, 0.5). Received: {args.clip}")
     check_writable(args.csv or Path(args.run) / "predictions.csv", "CSV")  # before any checkpoint is loaded
-    predict(args.run, args.images, args.csv, args.clip, args.batch_size)
+    predict(args.run, args.images, args.csv, args.clip, args.batch_size, fmt=args.format)
     return 0
 
 
 def _export(args: argparse.Namespace) -> int:
-    from vgg_jax.evaluate import export
-    from vgg_jax.fileio import check_writable
+    from vgg_jax.export import export
 
-    check_writable(args.output, "params file")  # before any checkpoint is loaded
-    export(args.run, args.output, args.which)
+    export(args.run, args.output, args.which, fmt=args.format)
     return 0
 
 
@@ -206,6 +209,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", help="data to score (default: the run's --data)")
     p.add_argument("--split", default="valid", choices=["train", "valid"])
     p.add_argument("--batch-size", type=int)
+    p.add_argument("--report", help="folder for report.json, the PNGs and misclassified.csv (default: RUN/eval)")
+    p.add_argument("--top-losses", type=int, default=16, help="images in top_losses.png: the most confidently wrong")
     p.set_defaults(func=_evaluate)
 
     p = sub.add_parser("predict", help="write Kaggle's id,label CSV (label = P(class 1)) for a folder of images")
@@ -214,11 +219,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--csv", help="output CSV (default: RUN/predictions.csv)")
     p.add_argument("--clip", type=float, help="clip probabilities to [c, 1-c] (log-loss insurance, e.g. 0.05)")
     p.add_argument("--batch-size", type=int)
+    p.add_argument(
+        "--format",
+        default="kaggle",
+        help="kaggle: id,label (label = P(class 1); a column per class beyond two); "
+        "full: path, predicted class and every class's probability",
+    )
     p.set_defaults(func=_predict)
 
-    p = sub.add_parser("export", help="write a run's whole trained network (backbone + head) as a params file")
+    p = sub.add_parser("export", help="write a run's trained network for vgg_jax.load, Keras, jax.export or TF")
     p.add_argument("run", help="run folder written by `vgg-jax train`")
-    p.add_argument("-o", "--output", required=True, help="params file to write (.safetensors)")
+    p.add_argument("-o", "--output", required=True, help="file (or SavedModel folder) to write")
+    p.add_argument(
+        "--format",
+        help="params (.safetensors, for vgg_jax.load), keras (.keras), weights.h5 (.weights.h5), "
+        "stablehlo (.jaxexport, jax.export) or savedmodel (a folder; needs tensorflow) "
+        "(default: from the output's suffix)",
+    )
     p.add_argument("--which", choices=["best", "latest"], default="best", help="checkpoint to export")
     p.set_defaults(func=_export)
 

@@ -108,7 +108,7 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -> di
     parse_lr_mults(cfg.lr_mult, cfg.freeze_through)  # a factor for a frozen group is a mistake
     train_src, valid_src = open_sources(cfg)
     probe = build_model(cfg, len(train_src.class_names))
-    params = init_params(probe, cfg, weights)
+    params = init_params(probe, cfg, weights, train_src.class_names)
     trainable, frozen = split(params, cfg.freeze_through)
     del params
     steps_per_epoch = data.steps_per_epoch(train_src, local_bs, topo.process_count)
