@@ -29,8 +29,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from vgg_jax import data  # noqa: E402
-from vgg_jax.data_check import check_image_file  # noqa: E402
-from vgg_jax.data_decode import default_threads  # noqa: E402
+from vgg_jax.data.checks import check_image_file  # noqa: E402
+from vgg_jax.data.decode import default_threads  # noqa: E402
 
 
 def generate(folder: Path, count: int) -> list[Path]:

@@ -99,7 +99,7 @@ def repeat_ops(ops: dict, repeats: int) -> dict:
 def decode(args) -> dict:
     from benchmarks import bench_data
     from vgg_jax import data
-    from vgg_jax.data_decode import default_threads
+    from vgg_jax.data.decode import default_threads
 
     folder = Path(args.workdir) / "jpeg"
     bench_data.generate(folder, 64 if args.tiny else 400)

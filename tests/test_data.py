@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from vgg_jax import data
-from vgg_jax.data_check import check_image_bytes, check_image_file
+from vgg_jax.data.checks import check_image_bytes, check_image_file
 from vgg_jax.errors import UserError
 
 S = 16  # output size: small keeps the tests fast; formats and shapes are what is tested
@@ -97,13 +97,14 @@ def all_batches(source, batch_size=4, **kw) -> list[dict]:
 
 
 def test_tensorflow_is_kept_off_accelerators():
-    from vgg_jax.data_decode import _tf
+    pytest.importorskip("tensorflow")  # the tfds extra: tfds sources are the only reader of tensorflow
+    from vgg_jax.data.tfds import _tf
 
     assert _tf().config.get_visible_devices("GPU") == []
 
 
 def test_importing_the_pipeline_loads_neither_tensorflow_nor_jax():
-    code = "import sys, vgg_jax.data, vgg_jax.data_decode, vgg_jax.data_tfds; print(sorted(m for m in ('tensorflow', 'jax', 'tensorflow_datasets') if m in sys.modules))"
+    code = "import sys, vgg_jax.data, vgg_jax.data.decode, vgg_jax.data.batching, vgg_jax.data.tfds; print(sorted(m for m in ('tensorflow', 'jax', 'tensorflow_datasets', 'grain') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
 

@@ -168,7 +168,7 @@ def predict(
 
 def _batches(data, source, cfg: TrainConfig, batch_size: int, labelled: bool = True):
     for b in data.eval_batches(source, batch_size, image_size=cfg.image_size, resize=cfg.resize,
-                               interpolation=cfg.interpolation):  # fmt: skip
+                               interpolation=cfg.interpolation, workers=None):  # fmt: skip
         label = b["label"] if labelled else np.zeros(len(b["mask"]), np.int32)
         yield {"inputs": b["image"], "label": label, "mask": b["mask"], "id": b["id"]}
 

@@ -1,21 +1,28 @@
 """tfds sources: "tfds:NAME[:SPLIT]" read as encoded bytes, then decoded by the same code as image files.
 
-Records stream in file order (tfrecord has no random access), so the training order is tfds'
-seeded file shuffle plus a seeded shuffle buffer, both drawn from (seed, epoch); process shards
-and `start_batch` are applied by position before any image is decoded.
+Needs the `tfds` extra (tensorflow-datasets and tensorflow); without it a tfds: spec is one line naming it.
+A split prepared as ArrayRecord is read through `tfds.data_source` (random access, no tf.data):
+it is batched like a folder, by grain, in `data.permutation` order. A tfrecord split streams through
+tf.data in file order (no random access), so the training order is tfds' seeded file shuffle plus a
+seeded shuffle buffer, both drawn from (seed, epoch); process shards and `start_batch` are applied
+by position before any image is decoded, and the records are decoded in a thread pool.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
+import sys
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 
-from vgg_jax.data_source import Source, fingerprint
+from vgg_jax.data.source import Source, fingerprint
 from vgg_jax.errors import UserError
 
+EXTRA = "pip install 'vgg-jax[tfds]'"
 SHUFFLE_BUFFER = 2048  # encoded images (~30 KB each for cats_vs_dogs): about 60 MB of host memory
 VALID_SPLITS = ("validation", "valid", "val")
 
@@ -30,16 +37,90 @@ class TfdsSplit:
     image_key: str
     label_key: str | None
     id_key: str | None
+    random_access: bool = False  # prepared as ArrayRecord: read through tfds.data_source
+
+    def records(self) -> tuple[Records, Records]:
+        """(image bytes, labels) of every example, by index: picklable, for grain's workers."""
+        return Records(self, self.image_key), Records(self, self.label_key)
+
+    def read_ids(self) -> list[str]:
+        """All example ids of the split in order (one pass over the records, no image decoding)."""
+        if self.random_access:
+            source = _data_source(self)
+            return [_text(source[i][self.id_key]) if self.id_key else str(i) for i in range(len(source))]
+        if self.id_key is None:
+            return [str(i) for i in range(int(_dataset(self, None).cardinality()))]
+        ids = _dataset(self, None).map(lambda ex: ex[self.id_key]).batch(4096)
+        return [_text(i) for batch in ids.as_numpy_iterator() for i in batch]
+
+    def stream_batches(self, plan: np.ndarray, shuffle_key: int | None, loader: Any, batch_size: int, threads: int):
+        """Decoded batches of `plan` (stream positions, or PADDING), from tf.data records decoded in `threads` threads."""
+        from vgg_jax.data.batching import decode_in_threads
+
+        positions = plan[plan >= 0]
+        records = _stream(self, positions, shuffle_key)
+        return decode_in_threads(loader, records, plan, batch_size, threads)
+
+
+class Records:
+    """One feature of every example of an ArrayRecord split, by index (None: label -1); opens its reader lazily."""
+
+    def __init__(self, ref: TfdsSplit, key: str | None):
+        self.ref, self.key, self._source = ref, key, None
+
+    def __getitem__(self, index: int) -> Any:
+        if self.key is None:
+            return -1
+        if self._source is None:
+            self._source = _data_source(self.ref)
+        return self._source[int(index)][self.key]
+
+    def __getstate__(self) -> dict:  # a worker process opens its own reader
+        return {"ref": self.ref, "key": self.key, "_source": None}
+
+
+_tf_module = None
+
+
+def _tf() -> Any:
+    """tensorflow, imported on first use, quiet, and with every GPU hidden so it never takes accelerator memory."""
+    global _tf_module
+    if _tf_module is None:
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+        # TF's C++ logs its CPU-feature and CUDA-probe lines before reading that variable:
+        # silence file descriptor 2 for the import and device setup only.
+        with _quiet_stderr():
+            try:
+                import tensorflow as tf
+            except ImportError as e:
+                raise UserError(f"tfds: sources need tensorflow ({e}): {EXTRA}") from None
+            try:
+                tf.config.set_visible_devices([], "GPU")
+            except RuntimeError:  # TF was initialised elsewhere first; its devices can no longer change
+                pass
+        _tf_module = tf
+    return _tf_module
+
+
+@contextlib.contextmanager
+def _quiet_stderr():
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as devnull:
+            os.dup2(devnull.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
 
 
 def _tfds() -> Any:
-    from vgg_jax.data_decode import _tf
-
     _tf()  # quiet, GPUs hidden, before tensorflow_datasets imports tensorflow itself
     try:
         import tensorflow_datasets as tfds
     except ImportError:
-        raise UserError("tfds: sources need tensorflow-datasets: pip install tensorflow-datasets") from None
+        raise UserError(f"tfds: sources need tensorflow-datasets: {EXTRA}") from None
     return tfds
 
 
@@ -81,14 +162,12 @@ def open_tfds(spec: str, split: str, *, valid_fraction: float | None, manual_dir
         image_key,
         label_key,
         next((k for k in ("image/filename", "id") if k in features), None),
+        random_access=_file_format(builder) == "array_record",
     )
     try:
-        ds = _dataset(ref, shuffle_key=None)
+        n = _count(ref)
     except Exception as e:
         raise UserError(f"tfds:{name}: cannot read split {tfds_split!r} ({_first_line(e)})") from None
-    n = int(ds.cardinality())
-    if n < 0:  # unknown cardinality: count once (records are read, images are not decoded)
-        n = int(ds.reduce(np.int64(0), lambda c, _: c + 1))
     if n == 0:
         raise UserError(f"tfds:{name}:{tfds_split}: no examples")
     names = list(features[label_key].names) if label_key and hasattr(features[label_key], "names") else []
@@ -100,6 +179,21 @@ def open_tfds(spec: str, split: str, *, valid_fraction: float | None, manual_dir
         fingerprint=fingerprint("tfds", builder.info.full_name, tfds_split, n),
         tfds=ref,
     )
+
+
+def _file_format(builder: Any) -> str:
+    fmt = getattr(builder.info, "file_format", None)
+    return str(getattr(fmt, "value", fmt))
+
+
+def _count(ref: TfdsSplit) -> int:
+    if ref.random_access:
+        return len(_data_source(ref))
+    ds = _dataset(ref, shuffle_key=None)
+    n = int(ds.cardinality())
+    if n < 0:  # unknown cardinality: count once (records are read, images are not decoded)
+        n = int(ds.reduce(np.int64(0), lambda c, _: c + 1))
+    return n
 
 
 def _split_name(builder: Any, name: str, split: str, valid_fraction: float | None) -> str:
@@ -133,6 +227,17 @@ def _first_line(e: Exception) -> str:
     return f"{type(e).__name__}: {text[0][:160]}" if text else type(e).__name__
 
 
+def _text(value: Any) -> str:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+
+
+def _data_source(ref: TfdsSplit) -> Any:
+    tfds = _tfds()
+    return tfds.data_source(
+        ref.name, split=ref.split, data_dir=ref.data_dir, decoders={ref.image_key: tfds.decode.SkipDecoding()}
+    )
+
+
 def _dataset(ref: TfdsSplit, shuffle_key: int | None) -> Any:
     tfds = _tfds()
     builder = tfds.builder(ref.name, data_dir=ref.data_dir)
@@ -145,36 +250,26 @@ def _dataset(ref: TfdsSplit, shuffle_key: int | None) -> Any:
     )
 
 
-def stream_elements(ref: TfdsSplit, positions: np.ndarray, slots: np.ndarray, shuffle_key: int | None) -> Any:
-    """Elements {slot, data, label, id, index} for the records at `positions` (ascending) of the (shuffled) stream.
+def _stream(ref: TfdsSplit, positions: np.ndarray, shuffle_key: int | None) -> Iterator[tuple[bytes, int]]:
+    """(image bytes, label) of the records at `positions` (ascending) of the (shuffled) stream, in that order.
 
     Records of other processes or before `start_batch` are read and dropped undecoded.
     """
-    from vgg_jax.data_decode import _tf
-
+    if len(positions) == 0:
+        return iter(())
     tf = _tf()
     ds = _dataset(ref, shuffle_key)
     if shuffle_key is not None:
         ds = ds.shuffle(SHUFFLE_BUFFER, seed=shuffle_key, reshuffle_each_iteration=False)
-    if len(positions) == 0:
-        return ds.take(0)
-    table = tf.lookup.StaticHashTable(
-        tf.lookup.KeyValueTensorInitializer(tf.constant(positions, tf.int64), tf.constant(slots, tf.int64)),
-        default_value=-1,
+    wanted = tf.lookup.StaticHashTable(
+        tf.lookup.KeyValueTensorInitializer(tf.constant(positions, tf.int64), tf.ones(len(positions), tf.int64)),
+        default_value=0,
     )
 
-    def element(g: Any, ex: dict) -> dict:
+    def element(g: Any, ex: dict) -> tuple:
         label = tf.cast(ex[ref.label_key], tf.int32) if ref.label_key else tf.constant(-1, tf.int32)
-        ident = ex[ref.id_key] if ref.id_key else tf.strings.as_string(g)
-        return {"slot": table.lookup(g), "data": ex[ref.image_key], "label": label, "id": ident, "index": g}
+        return g, ex[ref.image_key], label
 
     ds = ds.take(int(positions[-1]) + 1).enumerate().map(element)
-    return ds.filter(lambda e: e["slot"] >= 0)
-
-
-def read_ids(ref: TfdsSplit) -> list[str]:
-    """All example ids of the split in order (one pass over the records, no image decoding)."""
-    if ref.id_key is None:
-        return [str(i) for i in range(int(_dataset(ref, None).cardinality()))]
-    ids = _dataset(ref, None).map(lambda ex: ex[ref.id_key]).batch(4096)
-    return [i.decode("utf-8", "replace") for batch in ids.as_numpy_iterator() for i in batch]
+    ds = ds.filter(lambda g, data, label: wanted.lookup(g) > 0).map(lambda g, data, label: (data, label))
+    return ds.prefetch(tf.data.AUTOTUNE).as_numpy_iterator()
