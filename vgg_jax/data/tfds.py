@@ -82,7 +82,7 @@ class Records:
 _tf_module = None
 
 
-def _tf() -> Any:
+def _tf(spec: str = "tfds:") -> Any:
     """tensorflow, imported on first use, quiet, and with every GPU hidden so it never takes accelerator memory."""
     global _tf_module
     if _tf_module is None:
@@ -93,7 +93,7 @@ def _tf() -> Any:
             try:
                 import tensorflow as tf
             except ImportError as e:
-                raise UserError(f"tfds: sources need tensorflow ({e}): {EXTRA}") from None
+                raise UserError(f"{spec}: tfds sources need the tfds extra ({e}): {EXTRA}") from None
             try:
                 tf.config.set_visible_devices([], "GPU")
             except RuntimeError:  # TF was initialised elsewhere first; its devices can no longer change
@@ -115,12 +115,13 @@ def _quiet_stderr():
         os.close(saved)
 
 
-def _tfds() -> Any:
-    _tf()  # quiet, GPUs hidden, before tensorflow_datasets imports tensorflow itself
+def _tfds(spec: str = "tfds:") -> Any:
+    """tensorflow_datasets, or a one-line UserError naming `spec` and the extra that brings it."""
+    _tf(spec)  # quiet, GPUs hidden, before tensorflow_datasets imports tensorflow itself
     try:
         import tensorflow_datasets as tfds
-    except ImportError:
-        raise UserError(f"tfds: sources need tensorflow-datasets: {EXTRA}") from None
+    except ImportError as e:
+        raise UserError(f"{spec}: tfds sources need the tfds extra ({e}): {EXTRA}") from None
     return tfds
 
 
@@ -129,7 +130,7 @@ def open_tfds(spec: str, split: str, *, valid_fraction: float | None, manual_dir
     name, _, explicit = spec[len("tfds:") :].partition(":")
     if not name:
         raise UserError(f"{spec}: expected tfds:NAME or tfds:NAME:SPLIT, e.g. tfds:cats_vs_dogs:train[:90%]")
-    tfds = _tfds()
+    tfds = _tfds(spec)
     data_dir = os.environ.get("TFDS_DATA_DIR") or None  # read now, not when tfds was imported
     try:
         builder = tfds.builder(name, data_dir=data_dir)
