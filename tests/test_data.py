@@ -250,6 +250,24 @@ def test_a_file_that_fails_only_at_decode_time_is_masked_and_reported(tmp_path):
     assert len(train) == 1 and train[0]["mask"].sum() == 6 and len(source.failed) == 1
 
 
+def test_worker_processes_give_the_batches_and_failures_threads_give(dogscats, tmp_path):
+    """Two spawned grain workers: the same arrays, ids, masks and failed files as in-process threads, train and eval."""
+    for rel, (blob, _, _) in GOOD.items():
+        _write(tmp_path / rel, blob)
+    _write(tmp_path / "dogs" / "liar.jpg", jpeg_with_zero_height())
+    runs = []
+    for workers in (0, 2):
+        source = data.open_source(tmp_path, "train")
+        train = list(data.train_batches(source, 4, image_size=S, seed=5, epoch=1, augment=True, workers=workers))
+        runs.append((train, all_batches(source, 5, workers=workers), source.failed))
+    (train0, eval0, failed0), (train2, eval2, failed2) = runs
+    assert len(train0) == len(train2) == 3 and len(eval0) == len(eval2) == 3
+    for a, b in zip(train0 + eval0, train2 + eval2):
+        assert set(a) == set(b) and all(np.array_equal(a[k], b[k]) for k in a), "seed 5"
+    assert [os.path.basename(p) for p, _ in failed2] == ["liar.jpg"] and failed2 == failed0
+    assert type(eval2[0]["image"]) is np.ndarray  # copied out of grain's shared memory, which is then freed
+
+
 @pytest.mark.parametrize(
     "resize, expect",
     [

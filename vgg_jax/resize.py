@@ -9,7 +9,7 @@ JPEG simplejpeg refuses, by Pillow. Resizing is Pillow's.
 
 DCT-domain downscaling (libjpeg decodes at 1/2, 1/4 or 1/8 scale) is used only for bilinear, and
 only when Pillow's resize still reduces at least DCT_MIN_REDUCTION times afterwards: there the
-result is within 4 levels (mean 0.33) of the full decode's, by the measurement in DCT_MIN_REDUCTION's
+result is within 4 levels (mean <= 0.48) of the full decode's, by the measurement in DCT_MIN_REDUCTION's
 comment. Nearest must pick source pixels exactly, so it always decodes at full size.
 """
 
@@ -34,7 +34,7 @@ PAD_RGB = (123.68, 116.779, 103.939)  # ImageNet mean: "pad" borders become ~0 a
 PAD_FILL = tuple(round(c) for c in PAD_RGB)  # (124, 117, 104): the uint8 the borders hold
 _FILTERS = {"nearest": Image.NEAREST, "bilinear": Image.BILINEAR}
 # Bilinear after a 1/f DCT-domain decode vs after the full decode, on matplotlib's grace_hopper.jpg (a real 512x600
-# photo) at targets 24-160 px: a remaining reduction of >= 4x gives mean |diff| <= 0.33 and max <= 4 levels (8-bit);
+# photo) at targets 16-160 px, all three modes: a remaining reduction of >= 4x gives mean |diff| <= 0.48, max <= 4;
 # >= 2x gave max 12, < 2x up to 40. Bilinear's own rounding and JPEG's quantisation are of the first size, not the second.
 DCT_MIN_REDUCTION = 4
 _SIMPLEJPEG_COLORSPACES = ("YCbCr", "Gray")  # CMYK, YCCK and the rest: Pillow, which knows Adobe's inverted CMYK
@@ -94,7 +94,9 @@ def decode(source: bytes | str | os.PathLike, shrink: int = 1) -> Image.Image:
         raise DecodeError("cannot decode image", _line(e)) from None
 
 
-def resize(image: Image.Image, size: int, mode: str, interpolation: str) -> np.ndarray:
+def resize(
+    image: Image.Image, size: int, mode: str, interpolation: str, *, decoded_from: tuple[int, int, int] | None = None
+) -> np.ndarray:
     """RGB Pillow image -> uint8 [size, size, 3] by `mode` (RESIZE_MODES) and `interpolation` (INTERPOLATIONS).
 
     squash: the whole image to size x size (aspect ratio lost), as `keras.utils.load_img(target_size=...)`.
@@ -103,25 +105,28 @@ def resize(image: Image.Image, size: int, mode: str, interpolation: str) -> np.n
     pad: the longer side to `size`, aspect kept, centred on a PAD_FILL canvas.
     Pillow's filters: NEAREST, and BILINEAR, which antialiases when reducing (its support widens with the
     scale), as `load_img(..., interpolation="bilinear")` does, unlike `tf.image.resize(antialias=False)`.
-    (`decode_resize` may hand this a JPEG decoded at a DCT scale for bilinear: then within 4 levels of load_img.)
+    `decoded_from` = (width, height, shrink): `image` is a JPEG of that size decoded at 1/shrink scale
+    (`decode_resize` does that for bilinear); the geometry is then that of the full image, within 4 levels of load_img.
     """
     check_options(mode, interpolation)
     _check_size(size)
     f = _FILTERS[interpolation]
-    w, h = image.size
+    w, h, shrink = decoded_from or (*image.size, 1)
+    box, out = (0, 0, w, h), (size, size)
     if mode == "center-crop":
         side = min(w, h)
         left, top = (w - side) // 2, (h - side) // 2
-        image = image.resize((size, size), f, box=(left, top, left + side, top + side))
+        box = (left, top, left + side, top + side)
     elif mode == "pad":
         scale = size / max(w, h)
-        nw, nh = max(1, round(w * scale)), max(1, round(h * scale))
+        out = (max(1, round(w * scale)), max(1, round(h * scale)))
+    # libjpeg's scaled pixel i covers full pixels [i * shrink, (i + 1) * shrink): the full image's box, divided
+    resized = image.resize(out, f, box=tuple(c / shrink for c in box))
+    if mode == "pad":
         canvas = Image.new("RGB", (size, size), PAD_FILL)
-        canvas.paste(image.resize((nw, nh), f), ((size - nw) // 2, (size - nh) // 2))
-        image = canvas
-    else:
-        image = image.resize((size, size), f)
-    return np.asarray(image, dtype=np.uint8)
+        canvas.paste(resized, ((size - out[0]) // 2, (size - out[1]) // 2))
+        resized = canvas
+    return np.asarray(resized, dtype=np.uint8)
 
 
 def decode_resize(source: bytes | str | os.PathLike, size: int, mode: str, interpolation: str) -> np.ndarray:
@@ -130,19 +135,23 @@ def decode_resize(source: bytes | str | os.PathLike, size: int, mode: str, inter
     check_options(mode, interpolation)
     _check_size(size)
     data = source if isinstance(source, (bytes, bytearray, memoryview)) else _read(source)
-    return resize(decode(data, _shrink(data, size, mode, interpolation)), size, mode, interpolation)
+    dims, shrink = _shrink(data, size, mode, interpolation)
+    image = decode(data, shrink)
+    decoded_from = (*dims, shrink) if shrink > 1 and image.size != dims else None  # a CMYK JPEG: Pillow, full size
+    return resize(image, size, mode, interpolation, decoded_from=decoded_from)
 
 
-def _shrink(data: bytes, size: int, mode: str, interpolation: str) -> int:
-    """The DCT scale divisor for a bilinear resize of JPEG `data` to `size`: Pillow still reduces >= DCT_MIN_REDUCTION."""
+def _shrink(data: bytes, size: int, mode: str, interpolation: str) -> tuple[tuple[int, int] | None, int]:
+    """A JPEG's (width, height) and the DCT scale divisor for a bilinear resize of it to `size` that leaves Pillow
+    at least DCT_MIN_REDUCTION to reduce; (None, 1) when no DCT scaling applies."""
     if interpolation != "bilinear" or data[:3] != b"\xff\xd8\xff":
-        return 1
+        return None, 1
     dims = header_dimensions(io.BytesIO(data), bytes(data[:TAIL]))
     if dims is None:
-        return 1
+        return None, 1
     w, h = dims
     reduction = (max(w, h) if mode == "pad" else min(w, h)) / size  # squash: the axis reduced least decides
-    return next((f for f in (8, 4, 2) if reduction / f >= DCT_MIN_REDUCTION), 1)
+    return dims, next((f for f in (8, 4, 2) if reduction / f >= DCT_MIN_REDUCTION), 1)
 
 
 def _simplejpeg(data: bytes, shrink: int) -> Image.Image | None:

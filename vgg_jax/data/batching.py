@@ -20,7 +20,11 @@ from vgg_jax.data.decode import PADDING, Loader, decode_error, default_threads
 from vgg_jax.data.source import Source
 from vgg_jax.errors import UserError
 
-WORKER_MIN_IMAGES = 4096  # below this a pass decodes in threads: starting a worker process costs ~2 s (it imports jax)
+# workers=None (the trainer's choice) starts worker processes only for a pass of WORKER_MIN_IMAGES or more on
+# WORKER_MIN_CORES or more: a worker costs 1.5-3 s to start (spawn, and grain imports jax), and on 2 shared cores
+# in-process threads decoded faster than 2 workers (benchmarks/DATA_RESULTS.md).
+WORKER_MIN_IMAGES = 4096
+WORKER_MIN_CORES = 4
 PREFETCH = 4  # batches decoded ahead of the consumer, per process
 
 
@@ -67,7 +71,7 @@ def train_batches(
     Images are decoded and resized by vgg_jax.resize (`resize` mode, `interpolation`), as `load_image` does.
     `threads` decode in this process (default: its cores); `workers` > 0 decode in that many spawned processes
     instead, each batch whole in one of them (so a script asking for them needs `if __name__ == "__main__":`);
-    None: one per core for a pass of WORKER_MIN_IMAGES or more, else none (the trainer's choice).
+    None: one per core for a pass of WORKER_MIN_IMAGES or more on WORKER_MIN_CORES or more, else none (the trainer's).
     """
     _check_batching(source, batch_size, process_index, process_count)
     if not source.labelled:
@@ -154,7 +158,8 @@ def _grain_batches(loader: Loader, plan: np.ndarray, batch_size: int, threads: i
     import grain
 
     if workers is None:
-        workers = default_threads() if len(plan) >= WORKER_MIN_IMAGES and default_threads() > 1 else 0
+        cores = default_threads()
+        workers = cores if len(plan) >= WORKER_MIN_IMAGES and cores >= WORKER_MIN_CORES else 0
     if workers < 0:
         raise UserError(f"workers must be 0 or more. Received: workers={workers}")
     threads = threads or (1 if workers else default_threads())
