@@ -12,7 +12,6 @@ Nothing here imports grain or jax until a batch is asked for.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
@@ -228,18 +227,3 @@ def _positions(steps: int, batch_size: int, process_count: int, process_index: i
     """Global positions this process reads, in its local slot order: step s, block p, offsets 0..B-1."""
     s = np.arange(steps, dtype=np.int64)[:, None] * (batch_size * process_count)
     return (s + process_index * batch_size + np.arange(batch_size, dtype=np.int64)).reshape(-1)
-
-
-def decode_in_threads(loader: Loader, records: Iterator, plan: np.ndarray, batch_size: int, threads: int):
-    """Batches of `plan` for a stream without random access: `records` gives (bytes, label) for each planned entry
-    that is not PADDING, in plan order; each batch is read, then decoded across `threads` threads."""
-
-    def one(entry: tuple) -> dict:
-        index, record = entry
-        return loader(PADDING) if record is None else loader.element(index, *record)
-
-    with ThreadPoolExecutor(threads) as pool:
-        for lo in range(0, len(plan), batch_size):
-            chunk = [(int(i), None if i == PADDING else next(records)) for i in plan[lo : lo + batch_size]]
-            elements = list(pool.map(one, chunk))
-            yield {k: np.stack([e[k] for e in elements]) for k in elements[0]}

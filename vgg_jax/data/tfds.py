@@ -15,10 +15,12 @@ import dataclasses
 import os
 import sys
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
 
+from vgg_jax.data.decode import PADDING, Loader
 from vgg_jax.data.source import Source, fingerprint
 from vgg_jax.errors import UserError
 
@@ -53,11 +55,9 @@ class TfdsSplit:
         ids = _dataset(self, None).map(lambda ex: ex[self.id_key]).batch(4096)
         return [_text(i) for batch in ids.as_numpy_iterator() for i in batch]
 
-    def stream_batches(self, plan: np.ndarray, shuffle_key: int | None, loader: Any, batch_size: int, threads: int):
+    def stream_batches(self, plan: np.ndarray, shuffle_key: int | None, loader: Loader, batch_size: int, threads: int):
         """Decoded batches of `plan` (stream positions, or PADDING), from tf.data records decoded in `threads` threads."""
-        from vgg_jax.data.batching import decode_in_threads
-
-        positions = plan[plan >= 0]
+        positions = plan[plan != PADDING]
         records = _stream(self, positions, shuffle_key)
         return decode_in_threads(loader, records, plan, batch_size, threads)
 
@@ -274,3 +274,18 @@ def _stream(ref: TfdsSplit, positions: np.ndarray, shuffle_key: int | None) -> I
     ds = ds.take(int(positions[-1]) + 1).enumerate().map(element)
     ds = ds.filter(lambda g, data, label: wanted.lookup(g) > 0).map(lambda g, data, label: (data, label))
     return ds.prefetch(tf.data.AUTOTUNE).as_numpy_iterator()
+
+
+def decode_in_threads(loader: Loader, records: Iterator, plan: np.ndarray, batch_size: int, threads: int):
+    """Batches of `plan` for a stream without random access: `records` gives (bytes, label) for each planned entry
+    that is not PADDING, in plan order; each batch is read, then decoded across `threads` threads."""
+
+    def one(entry: tuple) -> dict:
+        index, record = entry
+        return loader(PADDING) if record is None else loader.element(index, *record)
+
+    with ThreadPoolExecutor(threads) as pool:
+        for lo in range(0, len(plan), batch_size):
+            chunk = [(int(i), None if i == PADDING else next(records)) for i in plan[lo : lo + batch_size]]
+            elements = list(pool.map(one, chunk))
+            yield {k: np.stack([e[k] for e in elements]) for k in elements[0]}
