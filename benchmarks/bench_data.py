@@ -1,16 +1,21 @@
-"""Input pipeline throughput: decoded 224x224 images/s from real-size JPEGs at 1, 2 and all cores, beside the step rate.
+"""Input pipeline throughput, side by side on the same files in one run: grain (vgg_jax.data) vs the tf.data pipeline
+it replaced, decoded 224x224 images/s from real-size JPEGs.
 
-    .venv/bin/python benchmarks/bench_data.py [--workdir /tmp/vgg-jax-bench-data] [--skip-step]
+    .venv/bin/python benchmarks/bench_data.py [--workdir /tmp/vgg-jax-bench-data] [--json out.json] [--md out.md]
 
-Generates (once) 500x375 quality-90 JPEGs with photo-like content, then measures:
-  - check: the structural broken-file check, microseconds per file (what open_source pays upfront);
-  - tf.data: vgg_jax.data.train_batches (the real pipeline) with a private pool of N threads;
-  - pillow: the alternative it was chosen over, Pillow decode + bilinear resize in N Python threads;
-  - step: the real frozen-head train step (vgg_jax.step.train_step, the recipe's freeze policy) on VGG16
-    at 224x224, batch 8, He-scaled random params, on this machine's CPU.
-Prints one JSON line per measurement, then a markdown table with ratio = pipeline img/s / step img/s
-and the ratio projected for a GPU step of --gpu-rate img/s. CPU ms/img and the load average show
-whether another process shared the cores (the machine has 2; wall-clock rates drop under contention).
+Generates (once) 500x375 quality-90 JPEGs with photo-like content, then measures, interleaved, each
+configuration `--repeats` times (best kept, least disturbed by other processes):
+  - grain: vgg_jax.data.train_batches (the real pipeline) with 1 and 2 worker processes, and in-process
+    with 1 and 2 threads;
+  - tf.data (only when tensorflow is installed): the pipeline vgg_jax.data ran before grain, kept here
+    for this comparison only: tf.data from_tensor_slices -> read_file -> a numpy_function that decodes
+    with Pillow and resizes with vgg_jax.resize -> batch -> prefetch, a private pool of N threads;
+  - tf.data + simplejpeg: the same tf.data pipeline calling today's decoder, to separate the
+    decoder's share of the difference from the framework's.
+Steady rate: images after the first batch / time from the first batch to the last (worker start-up
+and tf.data graph building excluded); `startup_s` is the time to the first batch. CPU time includes
+worker processes. Prints one JSON line per measurement, then a markdown table, and the ratios that the
+targets are about: grain 1 worker / tf.data 1 thread (per core) and grain 2 workers / 1 worker.
 """
 
 from __future__ import annotations
@@ -19,18 +24,20 @@ import argparse
 import io
 import json
 import os
+import platform
+import resource
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from vgg_jax import data  # noqa: E402
-from vgg_jax.data_check import check_image_file  # noqa: E402
-from vgg_jax.data_decode import default_threads  # noqa: E402
+from vgg_jax import data
+from vgg_jax.data.decode import default_threads
+
+SIZE = 224
 
 
 def generate(folder: Path, count: int) -> list[Path]:
@@ -52,158 +59,221 @@ def generate(folder: Path, count: int) -> list[Path]:
     return paths
 
 
-def timed(fn, items: int, repeats: int) -> dict:
-    """Best-of-`repeats` wall rate (least disturbed by other processes) and the CPU time per item."""
-    walls, cpus = [], []
-    for _ in range(repeats):
-        c, t = time.process_time(), time.perf_counter()
-        fn()
-        walls.append(time.perf_counter() - t)
-        cpus.append(time.process_time() - c)
-    best = int(np.argmin(walls))
+def _cpu_s() -> float:
+    """CPU seconds of this process and of its finished children (grain's workers are joined when a pass ends)."""
+    own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+def measure(batches, batch: int) -> dict:
+    """Steady rate of one pass over `batches`, its start-up time and CPU per image."""
+    c0, t0 = _cpu_s(), time.perf_counter()
+    it = iter(batches)
+    first = next(it)
+    assert first["image"].shape == (batch, SIZE, SIZE, 3)
+    t1, n = time.perf_counter(), 0
+    for b in it:
+        n += len(b["image"])
+    t2 = time.perf_counter()
+    del it
+    total = n + batch
     return {
-        "img_per_s": round(items / walls[best], 1),
-        "cpu_ms_per_img": round(1e3 * cpus[best] / items, 3),
-        "util": round(cpus[best] / walls[best], 2),
+        "img_per_s": round(n / (t2 - t1), 1),
+        "startup_s": round(t1 - t0, 2),
+        "cpu_ms_per_img": round(1e3 * (_cpu_s() - c0) / total, 3),
+        "images": total,
     }
 
 
-def bench_check(paths: list[Path]) -> dict:
-    for p in paths:
-        check_image_file(p)  # warm the page cache like the decoders' warm-up epoch
-    t = time.perf_counter()
-    for p in paths:
-        check_image_file(p)
-    return {"what": "check", "us_per_file": round(1e6 * (time.perf_counter() - t) / len(paths), 1)}
+def grain_batches(source, batch: int, workers: int, threads: int | None):
+    return data.train_batches(source, batch, image_size=SIZE, seed=0, workers=workers, threads=threads)
 
 
-def bench_tfdata(source, threads: int, batch: int, epochs: int, repeats: int) -> dict:
-    def run(n=epochs):
-        for epoch in range(n):
-            for b in data.train_batches(source, batch, seed=0, epoch=epoch, threads=threads):
-                assert b["image"].shape == (batch, 224, 224, 3)
+def tfdata_batches(source, batch: int, threads: int, decoder: str):
+    """The tf.data pipeline vgg_jax.data ran before grain (vgg_jax/data_decode.py), for this comparison only."""
+    from vgg_jax import resize
+    from vgg_jax.data.tfds import _tf
 
-    run(1)  # warm-up: TF import, graph building, page cache
-    n = data.steps_per_epoch(source, batch) * batch * epochs
-    return {"what": "tf.data", "threads": threads, **timed(run, n, repeats)}
+    tf = _tf()
+    if decoder == "pillow":  # what resize.decode_resize was then: Pillow's decoder, then resize.resize
+        from PIL import Image
+
+        def decode(blob: bytes) -> np.ndarray:
+            return resize.resize(Image.open(io.BytesIO(blob)).convert("RGB"), SIZE, "squash", "nearest")
+    else:
+
+        def decode(blob: bytes) -> np.ndarray:
+            return resize.decode_resize(blob, SIZE, "squash", "nearest")
+
+    def load(ex: dict) -> dict:
+        image = tf.numpy_function(decode, [tf.io.read_file(ex["path"])], tf.uint8, stateful=False)
+        image.set_shape([SIZE, SIZE, 3])
+        return {"image": image, "label": ex["label"]}
+
+    order = data.permutation(source.num_examples, 0, 0)
+    ds = tf.data.Dataset.from_tensor_slices(
+        {"path": [source.paths[i] for i in order], "label": source.labels[order].astype("int32")}
+    )
+    ds = ds.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).ignore_errors()
+    ds = ds.batch(batch, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+    options = tf.data.Options()
+    options.deterministic = True
+    options.threading.private_threadpool_size = threads
+    options.threading.max_intra_op_parallelism = 1
+    return ds.with_options(options).as_numpy_iterator()
 
 
-def bench_pillow(paths: list[Path], threads: int, epochs: int, repeats: int) -> dict:
-    from PIL import Image
-
-    def decode(path: Path) -> np.ndarray:
-        with Image.open(io.BytesIO(path.read_bytes())) as im:
-            im.draft("RGB", (224, 224))  # DCT-domain downscale when the JPEG is at least 2x larger
-            return np.asarray(im.convert("RGB").resize((224, 224), Image.BILINEAR))
-
-    with ThreadPoolExecutor(threads) as pool:
-        list(pool.map(decode, paths))
-        result = timed(lambda: [list(pool.map(decode, paths)) for _ in range(epochs)], len(paths) * epochs, repeats)
-    return {"what": "pillow", "threads": threads, **result}
-
-
-def bench_step(batch: int, iters: int) -> dict:
-    """The real frozen-head train step (the recipe: VGG16, everything but the head frozen, Adam) on uint8
-    224x224 batches, with He-scaled random params so activations keep ImageNet-like magnitudes."""
-    from functools import partial
-
-    import jax
-
-    from vgg_jax.classifier import Classifier, image_apply_fn
-    from vgg_jax.freeze import split
-    from vgg_jax.optim import make_optimizer
-    from vgg_jax.step import create_state, train_step
-
-    model = Classifier()
-    shapes = jax.eval_shape(model.init, jax.random.key(0), jax.ShapeDtypeStruct((1, 224, 224, 3), np.float32))["params"]
-    rng = np.random.default_rng(1)
-
-    def he(s):
-        fan_in = int(np.prod(s.shape[:-1])) if len(s.shape) > 1 else 1
-        return rng.standard_normal(s.shape, np.float32) * np.float32(np.sqrt(2 / fan_in) if len(s.shape) > 1 else 0.1)
-
-    trainable, frozen = split(jax.tree.map(he, shapes), "fc2")
-    tx = make_optimizer(trainable)
-    step = jax.jit(partial(train_step, apply_fn=image_apply_fn(model), tx=tx), donate_argnums=0)
-    state, frozen = create_state(trainable, tx, 0), jax.device_put(frozen)
-    images = rng.integers(0, 256, (batch, 224, 224, 3), dtype=np.uint8)
-    x = jax.device_put({"inputs": images, "label": np.zeros(batch, np.int32), "mask": np.ones(batch, bool)})
-    t = time.perf_counter()
-    state, m = step(state, frozen, x)
-    jax.block_until_ready(m)
-    first = time.perf_counter() - t
-    times = []
-    for _ in range(iters):
-        t = time.perf_counter()
-        state, m = step(state, frozen, x)
-        jax.block_until_ready(m)
-        times.append(time.perf_counter() - t)
-    return {
-        "what": "step",
-        "step": "vgg_jax.step.train_step, VGG16 frozen through fc2 (the recipe), Adam, float32",
-        "batch": batch,
-        "img_per_s": round(batch / float(np.median(times)), 2),
-        "s_per_step": round(float(np.median(times)), 3),
-        "first_call_s": round(first, 2),
+def configurations(source, batch: int, with_tf: bool) -> dict:
+    """name -> (pipeline, parallelism, worker processes, a function giving one pass of batches)."""
+    configs = {
+        "grain 1 worker": ("grain", "1 worker", 1, lambda: grain_batches(source, batch, 1, None)),
+        "grain 2 workers": ("grain", "2 workers", 2, lambda: grain_batches(source, batch, 2, None)),
+        "grain 1 thread": ("grain", "1 thread (in process)", 0, lambda: grain_batches(source, batch, 0, 1)),
+        "grain 2 threads": ("grain", "2 threads (in process)", 0, lambda: grain_batches(source, batch, 0, 2)),
     }
+    if with_tf:
+        for n in (1, 2):
+            s = "s" if n > 1 else ""
+            for name, pipeline, decoder in (
+                ("tf.data", "tf.data + Pillow (replaced)", "pillow"),
+                ("tf.data+simplejpeg", "tf.data + simplejpeg", "new"),
+            ):
+                run = lambda n=n, d=decoder: tfdata_batches(source, batch, n, d)
+                configs[f"{name} {n} thread{s}"] = (pipeline, f"{n} thread{s}", 0, run)
+    return configs
+
+
+def worker_startup_cpu_s(source, batch: int, repeats: int) -> float:
+    """CPU seconds one grain worker costs to start (spawn, imports, unpickling): a one-batch pass with 2 workers
+    minus the same pass in process, halved; the median of `repeats`."""
+    from vgg_jax.data.batching import _grain_batches
+    from vgg_jax.data.decode import Loader
+
+    loader = Loader(source.paths, source.labels, SIZE, "squash", "nearest")
+    plan = np.arange(batch)
+
+    def cpu(workers: int) -> float:
+        c = _cpu_s()
+        for _ in _grain_batches(loader, plan, batch, 1, workers):
+            pass
+        return _cpu_s() - c
+
+    return float(np.median([(cpu(2) - cpu(0)) / 2 for _ in range(repeats)]))
+
+
+def _has_tensorflow() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("tensorflow") is not None
 
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--workdir", default="/tmp/vgg-jax-bench-data")
-    p.add_argument("--count", type=int, default=400, help="JPEGs to generate (once)")
+    p.add_argument("--count", type=int, default=1200, help="JPEGs to generate (once)")
     p.add_argument("--batch", type=int, default=32, help="pipeline batch size")
-    p.add_argument("--epochs", type=int, default=2, help="epochs per timed repeat")
-    p.add_argument("--repeats", type=int, default=3, help="timed repeats per configuration (best is kept)")
-    p.add_argument("--threads", default="1,2,all", help="comma-separated thread counts; 'all' = cores available")
-    p.add_argument("--skip-step", action="store_true", help="do not measure the VGG16 forward (about 20 s on 2 cores)")
-    p.add_argument("--step-batch", type=int, default=8)
-    p.add_argument("--step-iters", type=int, default=3)
-    p.add_argument("--gpu-rate", type=float, default=5000.0, help="GPU step rate (img/s) for the projected ratio")
+    p.add_argument("--repeats", type=int, default=3, help="timed passes per configuration, interleaved (best kept)")
+    p.add_argument("--only", default="", help="comma-separated configuration names (default: all)")
+    p.add_argument("--json", help="write the rows and ratios here")
+    p.add_argument("--md", help="write the markdown table here")
     args = p.parse_args(argv)
 
-    cores = default_threads()
-    threads = sorted({cores if t == "all" else int(t) for t in args.threads.split(",")})
     folder = Path(args.workdir) / "jpeg"
     paths = generate(folder, args.count)
     source = data.open_source(folder, "train")
+    with_tf = _has_tensorflow()
+    configs = configurations(source, args.batch, with_tf)
+    if args.only:
+        configs = {k: v for k, v in configs.items() if k in args.only.split(",")}
     meta = {
-        "cores": cores,
+        "cores": default_threads(),
+        "cpu": _cpu_name(),
         "images": source.num_examples,
-        "image": "500x375 JPEG q90",
+        "image": "500x375 JPEG q90 -> 224x224 squash nearest",
         "mean_kb": round(np.mean([q.stat().st_size for q in paths]) / 1e3, 1),
+        "tensorflow": with_tf,
+        "python": platform.python_version(),
     }
     print(json.dumps({"what": "setup", **meta}), flush=True)
-    rows = [bench_check(paths)]
-    print(json.dumps(rows[0]), flush=True)
-    for n in threads:
-        for row in (
-            bench_tfdata(source, n, args.batch, args.epochs, args.repeats),
-            bench_pillow(paths, n, args.epochs, args.repeats),
-        ):
-            row["loadavg_1m"] = round(os.getloadavg()[0], 2)
+    for *_, run in configs.values():  # warm-up: page cache, TF graph building, imports
+        for _ in run():
+            pass
+    startup = worker_startup_cpu_s(source, args.batch, args.repeats)
+    meta["worker_startup_cpu_s"] = round(startup, 3)
+    print(json.dumps({"what": "worker start-up", "cpu_s": meta["worker_startup_cpu_s"]}), flush=True)
+    best: dict[str, dict] = {}
+    for repeat in range(args.repeats):
+        for name, (pipeline, parallelism, workers, run) in configs.items():
+            row = {"what": name, "pipeline": pipeline, "parallelism": parallelism, "repeat": repeat,
+                   **measure(run(), args.batch), "loadavg_1m": round(os.getloadavg()[0], 2)}  # fmt: skip
+            # Per core, robust to other processes on the machine: CPU per image once the workers run.
+            row["steady_cpu_ms_per_img"] = round(row["cpu_ms_per_img"] - 1e3 * workers * startup / row["images"], 3)
             print(json.dumps(row), flush=True)
-            rows.append(row)
-    step = None if args.skip_step else bench_step(args.step_batch, args.step_iters)
-    if step:
-        print(json.dumps(step), flush=True)
-    print(table(rows, step, args.gpu_rate))
+            if name not in best or row["img_per_s"] > best[name]["img_per_s"]:
+                best[name] = row
+    ratios = _ratios(best)
+    md = table(meta, best, ratios)
+    print(md)
+    if args.json:
+        Path(args.json).write_text(json.dumps({"setup": meta, "best": best, "ratios": ratios}, indent=1) + "\n")
+    if args.md:
+        Path(args.md).write_text(md + "\n")
 
 
-def table(rows: list[dict], step: dict | None, gpu_rate: float) -> str:
-    check = rows[0]
-    out = [f"structural check: {check['us_per_file']} us/file (warm cache)", ""]
-    step_rate = step["img_per_s"] if step else None
-    out.append(
-        f"| decoder | threads | img/s | CPU ms/img | CPU util | ratio to CPU step ({step_rate or 'n/a'} img/s) | ratio at GPU {gpu_rate:,.0f} img/s |"
-    )
-    out.append("|---|---|---|---|---|---|---|")
-    for r in rows[1:]:
-        ratio = f"{r['img_per_s'] / step_rate:,.0f}x" if step_rate else "n/a"
+def _ratios(best: dict) -> dict:
+    def ratio(a: str, b: str) -> float | None:
+        return round(best[a]["img_per_s"] / best[b]["img_per_s"], 2) if a in best and b in best else None
+
+    def per_cpu_second(a: str, b: str) -> float | None:
+        if a not in best or b not in best:
+            return None
+        return round(best[b]["steady_cpu_ms_per_img"] / best[a]["steady_cpu_ms_per_img"], 2)
+
+    return {
+        "per_cpu_second_grain_1_worker_over_tfdata_1_thread": per_cpu_second("grain 1 worker", "tf.data 1 thread"),
+        "per_cpu_second_grain_1_thread_over_tfdata_1_thread": per_cpu_second("grain 1 thread", "tf.data 1 thread"),
+        "per_cpu_second_grain_2_workers_over_1_worker": per_cpu_second("grain 2 workers", "grain 1 worker"),
+        "grain_1_worker_over_tfdata_1_thread": ratio("grain 1 worker", "tf.data 1 thread"),
+        "grain_1_thread_over_tfdata_1_thread": ratio("grain 1 thread", "tf.data 1 thread"),
+        "grain_2_workers_over_1_worker": ratio("grain 2 workers", "grain 1 worker"),
+        "grain_2_threads_over_1_thread": ratio("grain 2 threads", "grain 1 thread"),
+        "tfdata_2_threads_over_1_thread": ratio("tf.data 2 threads", "tf.data 1 thread"),
+        "grain_2_workers_over_tfdata_2_threads": ratio("grain 2 workers", "tf.data 2 threads"),
+    }
+
+
+def table(meta: dict, best: dict, ratios: dict) -> str:
+    out = [
+        (
+            f"{meta['images']} images ({meta['image']}, {meta['mean_kb']} KB mean), {meta['cores']} cores"
+            f" ({meta['cpu']}); best of the interleaved repeats"
+        ),
+        "",
+        f"worker start-up: {meta['worker_startup_cpu_s']} CPU s each (spawn, imports, unpickling), every pass",
+        "",
+        (
+            "| pipeline | parallelism | img/s (steady, wall) | start-up s | CPU ms/img (all) | CPU ms/img (running)"
+            " | img/s per CPU-second | load avg |"
+        ),
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in best.values():
         out.append(
-            f"| {r['what']} | {r['threads']} | {r['img_per_s']:,.0f} | {r['cpu_ms_per_img']} | {r['util']} | {ratio} | {r['img_per_s'] / gpu_rate:.2f}x |"
+            f"| {r['pipeline']} | {r['parallelism']} | {r['img_per_s']:,.0f} | {r['startup_s']} | {r['cpu_ms_per_img']}"
+            f" | {r['steady_cpu_ms_per_img']} | {1e3 / r['steady_cpu_ms_per_img']:,.0f} | {r['loadavg_1m']} |"
         )
+    out += ["", "| ratio | value |", "|---|---|"] + [f"| {k} | {v} |" for k, v in ratios.items() if v is not None]
     return "\n".join(out)
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
 
 
 if __name__ == "__main__":

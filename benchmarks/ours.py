@@ -5,7 +5,7 @@
 Variants: the step variants of `vgg_jax.bench` (infer, frozen, block5, full, naive), built by the
 same code `vgg-jax bench` uses (the trainer's jitted train_step / eval_step with its shardings), plus
   ceiling  a single 3x3 conv (8x56x56x256 -> 256, SAME) and a 4096^3 matmul in JAX
-  decode   the input pipeline (vgg_jax.data via benchmarks/bench_data.py): decoded 224x224 images/s
+  decode   the input pipeline (vgg_jax.data on grain, in-process threads, via benchmarks/bench_data.py): 224x224 img/s
   convert  `vgg-jax convert` of a full-size Keras 1 VGG16 file (via benchmarks/bench_convert.py)
 """
 
@@ -99,13 +99,15 @@ def repeat_ops(ops: dict, repeats: int) -> dict:
 def decode(args) -> dict:
     from benchmarks import bench_data
     from vgg_jax import data
-    from vgg_jax.data_decode import default_threads
+    from vgg_jax.data.decode import default_threads
 
     folder = Path(args.workdir) / "jpeg"
     bench_data.generate(folder, 64 if args.tiny else 400)
     source = data.open_source(folder, "train")
     threads = default_threads()
-    row = bench_data.bench_tfdata(source, threads, 32 if not args.tiny else 8, 1 if args.tiny else 2, 2)
+    batch = 8 if args.tiny else 32
+    bench_data.measure(bench_data.grain_batches(source, batch, 0, threads), batch)  # warm-up: page cache, imports
+    row = bench_data.measure(bench_data.grain_batches(source, batch, 0, threads), batch)
     return {"img_per_s": row["img_per_s"], "cpu_ms_per_img": row["cpu_ms_per_img"], "threads": threads}
 
 

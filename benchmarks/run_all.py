@@ -141,7 +141,7 @@ def extras(quick: bool, workdir: str) -> list[dict]:
         job(
             "decode",
             "pipeline",
-            "input pipeline: tf.data decode + resize to 224",
+            "input pipeline: grain decode + resize to 224",
             [OURS, "--variant", "decode", "--workdir", workdir],
             None,
             "extra",
@@ -552,7 +552,7 @@ def write_markdown(doc: dict, path: Path) -> None:
         dec = extras.get("decode", {}).get("result", {})
         if _ok(dec):
             lines.append(
-                f"- Input pipeline (tf.data decode of 500x375 JPEGs + resize to 224, {dec.get('threads')} "
+                f"- Input pipeline (grain decode of 500x375 JPEGs + resize to 224, {dec.get('threads')} "
                 f"threads): **{dec['img_per_s']:,.0f} img/s**, {dec['cpu_ms_per_img']} CPU ms/img."
             )
         conv = extras.get("convert", {}).get("result", {})

@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from vgg_jax import data
-from vgg_jax.data_check import check_image_bytes, check_image_file
+from vgg_jax.data.checks import check_image_bytes, check_image_file
 from vgg_jax.errors import UserError
 
 S = 16  # output size: small keeps the tests fast; formats and shapes are what is tested
@@ -97,13 +97,14 @@ def all_batches(source, batch_size=4, **kw) -> list[dict]:
 
 
 def test_tensorflow_is_kept_off_accelerators():
-    from vgg_jax.data_decode import _tf
+    pytest.importorskip("tensorflow")  # the tfds extra: tfds sources are the only reader of tensorflow
+    from vgg_jax.data.tfds import _tf
 
     assert _tf().config.get_visible_devices("GPU") == []
 
 
 def test_importing_the_pipeline_loads_neither_tensorflow_nor_jax():
-    code = "import sys, vgg_jax.data, vgg_jax.data_decode, vgg_jax.data_tfds; print(sorted(m for m in ('tensorflow', 'jax', 'tensorflow_datasets') if m in sys.modules))"
+    code = "import sys, vgg_jax.data, vgg_jax.data.decode, vgg_jax.data.batching, vgg_jax.data.tfds; print(sorted(m for m in ('tensorflow', 'jax', 'tensorflow_datasets', 'grain') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
 
@@ -247,6 +248,24 @@ def test_a_file_that_fails_only_at_decode_time_is_masked_and_reported(tmp_path):
     ]
     train = list(data.train_batches(source, 7, image_size=S))
     assert len(train) == 1 and train[0]["mask"].sum() == 6 and len(source.failed) == 1
+
+
+def test_worker_processes_give_the_batches_and_failures_threads_give(dogscats, tmp_path):
+    """Two spawned grain workers: the same arrays, ids, masks and failed files as in-process threads, train and eval."""
+    for rel, (blob, _, _) in GOOD.items():
+        _write(tmp_path / rel, blob)
+    _write(tmp_path / "dogs" / "liar.jpg", jpeg_with_zero_height())
+    runs = []
+    for workers in (0, 2):
+        source = data.open_source(tmp_path, "train")
+        train = list(data.train_batches(source, 4, image_size=S, seed=5, epoch=1, augment=True, workers=workers))
+        runs.append((train, all_batches(source, 5, workers=workers), source.failed))
+    (train0, eval0, failed0), (train2, eval2, failed2) = runs
+    assert len(train0) == len(train2) == 3 and len(eval0) == len(eval2) == 3
+    for a, b in zip(train0 + eval0, train2 + eval2):
+        assert set(a) == set(b) and all(np.array_equal(a[k], b[k]) for k in a), "seed 5"
+    assert [os.path.basename(p) for p, _ in failed2] == ["liar.jpg"] and failed2 == failed0
+    assert type(eval2[0]["image"]) is np.ndarray  # copied out of grain's shared memory, which is then freed
 
 
 @pytest.mark.parametrize(

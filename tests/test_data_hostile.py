@@ -18,7 +18,7 @@ import pytest
 from PIL import Image
 
 from vgg_jax import data
-from vgg_jax.data_check import MAX_PIXELS, check_image_file, image_dimensions
+from vgg_jax.data.checks import MAX_PIXELS, check_image_file, image_dimensions
 from vgg_jax.errors import UserError
 from vgg_jax.image import load_image
 from vgg_jax.synthetic import write_folder

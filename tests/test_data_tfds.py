@@ -110,15 +110,24 @@ class VggJaxTinyPets(tfds.core.GeneratorBasedBuilder):
             yield i, {"image": np.full((9 + i, 7, 3), 10 * i, np.uint8), "image/filename": f"{i}.jpg", "label": i % 2}
 
 
-def test_prepared_tfds_dataset_honours_split_slicing_and_tfds_data_dir(tmp_path, monkeypatch):
+@pytest.mark.parametrize("file_format", ["tfrecord", "array_record"])
+def test_prepared_tfds_dataset_honours_split_slicing_and_tfds_data_dir(tmp_path, monkeypatch, file_format):
+    """tfrecord streams through tf.data; ArrayRecord is read by index through tfds.data_source, never tf.data."""
     pytest.importorskip(
         "importlib_resources",
         reason="tfds' download_and_prepare needs it (etils.epath); not always installed with tfds",
     )
-    tfds.builder("vgg_jax_tiny_pets", data_dir=str(tmp_path)).download_and_prepare()
+    tfds.builder("vgg_jax_tiny_pets", data_dir=str(tmp_path), file_format=file_format).download_and_prepare()
     monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path))
+    if file_format == "array_record":
+
+        def no_tf_data(*args, **kwargs):
+            raise AssertionError("an ArrayRecord split was read through tf.data")
+
+        monkeypatch.setattr(tfds.core.DatasetBuilder, "as_dataset", no_tf_data)
     train = data.open_source("tfds:vgg_jax_tiny_pets", valid_fraction=0.25)
     valid = data.open_source("tfds:vgg_jax_tiny_pets", "valid", valid_fraction=0.25)
+    assert train.tfds.random_access == valid.tfds.random_access == (file_format == "array_record")
     assert (train.num_examples, valid.num_examples) == (15, 5)
     assert set(train.ids).isdisjoint(valid.ids) and sorted(train.ids + valid.ids, key=lambda i: int(i[:-4])) == [
         f"{i}.jpg" for i in range(20)

@@ -12,7 +12,8 @@ from PIL import Image
 from vgg_jax import data
 from vgg_jax.errors import UserError
 from vgg_jax.image import load_image
-from vgg_jax.resize import INTERPOLATIONS, PAD_FILL, RESIZE_MODES, decode_resize
+from vgg_jax.resize import DCT_MIN_REDUCTION, INTERPOLATIONS, PAD_FILL, RESIZE_MODES, decode, decode_resize
+from vgg_jax.resize import resize as resize_image
 
 SEED = 5
 S = 29  # odd on purpose: pad rounds, center-crop and squash scale by non-integers
@@ -193,3 +194,66 @@ def test_bad_options_are_one_line_errors(images):
         with pytest.raises(UserError) as e:
             call()
         assert str(e.value) == message
+
+
+@pytest.fixture(scope="module")
+def photo() -> bytes:
+    """A real photo, 512x600 JPEG: matplotlib's sample grace_hopper.jpg (matplotlib is a dependency)."""
+    from matplotlib import cbook
+
+    with open(cbook.get_sample_data("grace_hopper.jpg", asfileobj=False), "rb") as f:
+        return f.read()
+
+
+def reencoded(photo: bytes, **kw) -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    image = Image.open(io.BytesIO(photo))
+    (image.convert("L") if kw.pop("gray", False) else image).save(buf, "JPEG", **kw)
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {},
+        {"subsampling": 0, "quality": 95},
+        {"subsampling": 1},
+        {"progressive": True},
+        {"gray": True},
+        {"restart_marker_blocks": 1},
+    ],
+    ids=["original", "444", "422", "progressive", "gray", "restart-markers"],
+)
+def test_simplejpeg_decodes_the_pixels_pillow_decodes(photo, options):
+    """JPEGs go through simplejpeg (libjpeg-turbo): the same pixels as Pillow's decoder, which Keras' load_img uses."""
+    import io
+
+    from vgg_jax.resize import _simplejpeg
+
+    blob = photo if not options else reencoded(photo, **options)
+    assert _simplejpeg(blob, 1) is not None  # the path under test is the one taken
+    want = np.asarray(Image.open(io.BytesIO(blob)).convert("RGB"))
+    assert np.array_equal(np.asarray(decode(blob)), want), options
+
+
+@pytest.mark.parametrize("resize_mode", RESIZE_MODES)
+def test_dct_downscale_only_for_bilinear_and_within_its_tolerance(photo, resize_mode):
+    """Bilinear on a JPEG >= 2 * DCT_MIN_REDUCTION times the target decodes at 1/2-1/8 scale: within 4 levels (mean
+    <= 0.5) of resizing the full decode, in every mode's geometry. Nearest always resizes the full decode exactly."""
+    import io
+
+    full = Image.open(io.BytesIO(photo)).convert("RGB")
+    scaled = 0
+    for size in range(16, 161, 8):
+        want = resize_image(full, size, resize_mode, "bilinear").astype(int)
+        got = decode_resize(photo, size, resize_mode, "bilinear").astype(int)
+        diff = np.abs(got - want)
+        assert diff.max() <= 4 and diff.mean() <= 0.5, (size, resize_mode, diff.max(), diff.mean())
+        scaled += min(full.size) / size >= 2 * DCT_MIN_REDUCTION
+        assert np.array_equal(
+            decode_resize(photo, size, resize_mode, "nearest"), resize_image(full, size, resize_mode, "nearest")
+        )
+    bilinear_16 = decode_resize(photo, 16, resize_mode, "bilinear")
+    assert scaled >= 5 and not np.array_equal(bilinear_16, resize_image(full, 16, resize_mode, "bilinear"))  # DCT ran

@@ -2,4 +2,5 @@ import sys
 
 from vgg_jax.cli import main
 
-sys.exit(main())
+if __name__ == "__main__":  # a worker process spawned by the input pipeline imports this module again
+    sys.exit(main())

@@ -14,7 +14,7 @@ from vgg_jax import parallel, rundir
 from vgg_jax.checkpoint import Checkpoints
 from vgg_jax.classifier import image_apply_fn
 from vgg_jax.config import TrainConfig
-from vgg_jax.data_source import printable
+from vgg_jax.data.source import printable
 from vgg_jax.errors import UserError
 from vgg_jax.fileio import atomic_path, check_writable
 from vgg_jax.freeze import split
@@ -281,6 +281,6 @@ def _write_full(out: Path, source, ids: list[str], probs: np.ndarray, classes: l
 
 def _batches(data, source, cfg: TrainConfig, batch_size: int, labelled: bool = True):
     for b in data.eval_batches(source, batch_size, image_size=cfg.image_size, resize=cfg.resize,
-                               interpolation=cfg.interpolation):  # fmt: skip
+                               interpolation=cfg.interpolation, workers=None):  # fmt: skip
         label = b["label"] if labelled else np.zeros(len(b["mask"]), np.int32)
         yield {"inputs": b["image"], "label": label, "mask": b["mask"], "id": b["id"]}

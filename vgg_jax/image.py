@@ -1,4 +1,4 @@
-"""Decode one image file to uint8 RGB (Pillow, no tensorflow), for `classify` and small jobs: vgg_jax.resize."""
+"""Decode one image file to uint8 RGB (no tensorflow), for `classify` and small jobs: vgg_jax.resize."""
 
 from __future__ import annotations
 
@@ -6,10 +6,9 @@ import os
 
 import numpy as np
 
-from vgg_jax.data_source import printable
+from vgg_jax.data.source import printable
 from vgg_jax.errors import UserError
-from vgg_jax.resize import DecodeError, check_options, decode
-from vgg_jax.resize import resize as resize_image
+from vgg_jax.resize import DecodeError, check_options, decode, decode_resize
 
 
 def load_image(
@@ -25,7 +24,8 @@ def load_image(
     """
     check_options(resize, interpolation)
     try:
-        image = decode(path)
+        if size is not None:
+            return decode_resize(path, size, resize, interpolation)
+        return np.asarray(decode(path), dtype=np.uint8)
     except DecodeError as e:
         raise UserError(f"{printable(os.fspath(path))}: {e}") from None
-    return np.asarray(image, dtype=np.uint8) if size is None else resize_image(image, size, resize, interpolation)

@@ -247,6 +247,6 @@ def probabilities_fn(model: Classifier) -> Callable[[dict, jax.Array], jax.Array
 
 
 def _shown(path: str | os.PathLike) -> str:
-    from vgg_jax.data_source import printable
+    from vgg_jax.data.source import printable
 
     return printable(os.fspath(path))

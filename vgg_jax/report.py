@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from vgg_jax.data_source import printable
+from vgg_jax.data.source import printable
 from vgg_jax.fileio import atomic_path
 
 FILES = ("report.json", "confusion_matrix.png", "top_losses.png", "misclassified.csv")

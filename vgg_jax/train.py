@@ -338,7 +338,7 @@ def _image_batches(source, cfg: TrainConfig, local_bs: int, topo: Topology, epoc
     for b in data.train_batches(source, local_bs, image_size=cfg.image_size, resize=cfg.resize,
                                 interpolation=cfg.interpolation, seed=cfg.seed, epoch=epoch,
                                 augment=cfg.augment, process_index=topo.process_index, process_count=topo.process_count,
-                                start_batch=start):  # fmt: skip
+                                start_batch=start, workers=None):  # fmt: skip
         yield {"inputs": b["image"], "label": b["label"], "mask": b["mask"]}
 
 
@@ -346,7 +346,8 @@ def _image_eval_batches(source, cfg: TrainConfig, local_bs: int, topo: Topology)
     from vgg_jax import data
 
     for b in data.eval_batches(source, local_bs, image_size=cfg.image_size, resize=cfg.resize,
-                               interpolation=cfg.interpolation, process_index=topo.process_index, process_count=topo.process_count):  # fmt: skip
+                               interpolation=cfg.interpolation, process_index=topo.process_index, process_count=topo.process_count,
+                               workers=None):  # fmt: skip
         yield {"inputs": b["image"], "label": b["label"], "mask": b["mask"], "id": b["id"]}
 
 
@@ -410,7 +411,7 @@ def _cached_features(cfg, model: Classifier, frozen, weights, train_src, valid_s
     for name in missing:
         source, t0 = sources[name], time.perf_counter()
         batches = data.eval_batches(source, batch_size, image_size=cfg.image_size, resize=cfg.resize,
-                                    interpolation=cfg.interpolation)  # fmt: skip
+                                    interpolation=cfg.interpolation, workers=None)  # fmt: skip
         out[name] = feature_cache.compute(fields[name], name, batches, lambda x: below(frozen, x),
                                           source.num_examples, shape, cfg.cache_dtype)  # fmt: skip
         seconds = time.perf_counter() - t0

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from vgg_jax.data_check import IMAGE_EXTENSIONS, UNSUPPORTED_EXTENSIONS, check_image_file, unreadable_reason
-from vgg_jax.data_source import UNLABELLED, Source, fingerprint, is_utf8, printable
+from vgg_jax.data.checks import IMAGE_EXTENSIONS, UNSUPPORTED_EXTENSIONS, check_image_file, unreadable_reason
+from vgg_jax.data.source import UNLABELLED, Source, fingerprint, is_utf8, printable
 from vgg_jax.errors import UserError
 
 # Split name -> folder names tried in order (fast.ai dogscats uses train/, valid/ and test1/).
@@ -309,7 +309,7 @@ def _inspect(paths: list[str]) -> list[tuple[int, int, str | None]]:
 
 
 def _name_problem(path: str) -> str | None:
-    """A path tf.data cannot take and a CSV cannot hold: bytes that are not UTF-8 in the name."""
+    """A path a CSV cannot hold (and tf.data could not take): bytes that are not UTF-8 in the name."""
     if is_utf8(path):
         return None
     return "file name is not valid UTF-8" if not is_utf8(os.path.basename(path)) else "folder name is not valid UTF-8"

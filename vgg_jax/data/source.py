@@ -30,7 +30,7 @@ class Source:
     fingerprint: str  # stable hash of what was listed: keys the feature cache, recorded in run.json
     paths: list[str] | None = None  # folder sources: absolute paths, in eval order
     labels: np.ndarray | None = None  # int32 [num_examples]; UNLABELLED for prediction folders
-    tfds: Any = None  # data_tfds.TfdsSplit for tfds sources
+    tfds: Any = None  # data.tfds.TfdsSplit for tfds sources: has read_ids()
     failed: list[tuple[str, str]] = dataclasses.field(default_factory=list)
     folder: str | None = None  # folder sources: the split folder the paths lie under
     notes: list[str] = dataclasses.field(default_factory=list)  # further facts for describe(), a phrase each
@@ -45,9 +45,7 @@ class Source:
     def ids(self) -> list[str]:
         """Example ids in eval order: path under the split folder, without extension unless that clashes; tfds names."""
         if self._ids is None:  # tfds: one pass over the records (no image decoding), only when asked for
-            from vgg_jax import data_tfds
-
-            self._ids = data_tfds.read_ids(self.tfds)
+            self._ids = self.tfds.read_ids()
         return self._ids
 
     def id_of(self, path: str) -> str | None:

@@ -3,7 +3,7 @@
 A full decode of every file costs as much as one epoch of decoding; these checks read at most
 `TAIL` + 64 bytes per file (plus the segment headers of a JPEG up to its frame header) and catch
 what real downloads contain: zero-byte files, truncated files, non-images with image extensions,
-formats tf.io.decode_image does not read (TIFF, HEIC, ...), unreadable paths and images whose header
+formats the pipeline does not read (TIFF, HEIC, ...), unreadable paths and images whose header
 declares more pixels than `MAX_PIXELS` (decompression bombs). Files that pass but still fail to
 decode are masked out by the pipeline at run time (see docs/DATA.md).
 """
@@ -32,7 +32,7 @@ _JPEG_SEGMENTS = 512  # a hostile JPEG gets this many segment headers read, no m
 
 
 def check_image_file(path: str | os.PathLike) -> str | None:
-    """None if the file looks decodable by tf.io.decode_image, else a short reason ("zero bytes", ...)."""
+    """None if the file looks decodable by the pipeline (vgg_jax.resize), else a short reason ("zero bytes", ...)."""
     try:
         with open(path, "rb") as f:
             size = os.fstat(f.fileno()).st_size
@@ -94,7 +94,7 @@ def check_image_bytes(head: bytes, tail: bytes, size: int) -> str | None:
 
 
 def _unsupported_kind(head: bytes) -> str | None:
-    """The name of an image format tf.io.decode_image does not read, recognised by its magic bytes."""
+    """The name of an image format the pipeline does not read, recognised by its magic bytes."""
     if head[:4] in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"):
         return "TIFF"
     if head[4:8] == b"ftyp":
@@ -119,8 +119,8 @@ def _check_bmp(head: bytes, size: int) -> str | None:
     declared, bits = struct.unpack("<I", head[2:6])[0], struct.unpack("<H", head[28:30])[0]
     if declared > size:
         return "truncated BMP"
-    # tf.io.decode_bmp reads 24/32-bit pixels; it rejects 1/4-bit files and reads 8-bit palette
-    # indices as gray levels, which would silently give wrong colours for a colour palette.
+    # Only 24/32-bit pixels are read: the set tf.io.decode_bmp read when the pipeline ran on tf.data, kept so that
+    # the same folder lists the same examples (and the same fingerprint) on either side of that change.
     if bits in (24, 32):
         return None
     return f"unsupported BMP ({bits}-bit)"
