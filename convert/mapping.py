@@ -17,9 +17,10 @@ from convert import head as finetuned_top
 from convert.conventions import Convention
 from convert.guard import check_float
 from convert.head import FineTuned
-from convert.source import Layer, Source, natural_key
+from convert.source import Layer, Source
 from vgg_jax import arch
 from vgg_jax.errors import UserError
+from vgg_jax.paths import natural_key
 
 CANONICAL_CONV = re.compile(r"block(\d+)_conv(\d+)$")
 

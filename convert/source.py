@@ -22,6 +22,7 @@ from convert.conventions import data_format
 from convert.guard import DatasetError, decode, first_line, read_array, refuse_other_files
 from vgg_jax.errors import UserError
 from vgg_jax.fileio import os_reason
+from vgg_jax.paths import natural_key
 
 HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 
@@ -246,11 +247,6 @@ def _snake_case(name: str) -> str:
     name = re.sub(r"\W+", "", name)
     name = re.sub("(.)([A-Z][a-z]+)", r"\1_\2", name)
     return re.sub("([a-z])([A-Z])", r"\1_\2", name).lower()
-
-
-def natural_key(text: str) -> list:
-    """'conv2d_10' sorts after 'conv2d_2'."""
-    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", text)]
 
 
 def _has_attr_list(attrs, name: str) -> bool:

@@ -9,17 +9,16 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 import numpy as np
 import pytest
 
+# The tiny VGG the fast tests use: TrainConfig fields (a vgg11 with narrow convs and fc layers) and the same
+# narrow widths as Classifier/VGG fields with one conv per block.
+SMALL = {"arch": "vgg11", "widths": (8, 8, 16, 16, 16), "fc_units": 32, "image_size": 32, "batch_size": 8, "lr": 3e-3}
+SMALL_NET = {"depths": (1, 1, 1, 1, 1), "widths": (8, 8, 16, 16, 16), "fc_units": 32}
+
 
 @pytest.fixture(scope="session")
 def images() -> np.ndarray:
     """Two random uint8 RGB images at 224x224, the size the ImageNet top needs."""
     return np.random.default_rng(0).integers(0, 256, (2, 224, 224, 3), dtype=np.uint8)
-
-
-def rel_error(got, want) -> float:
-    """max |got - want| / max |want|: the normwise relative error every parity test bounds."""
-    got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
-    return float(np.max(np.abs(got - want)) / np.max(np.abs(want)))
 
 
 @pytest.fixture(scope="session")

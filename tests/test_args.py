@@ -10,12 +10,12 @@ import os
 
 import pytest
 
+from tests.conftest import SMALL
 from vgg_jax.cli import main
 from vgg_jax.config import TrainConfig
 from vgg_jax.errors import UserError
 from vgg_jax.synthetic import write_folder
 
-SMALL = {"arch": "vgg11", "widths": (8, 8, 16, 16, 16), "fc_units": 32, "image_size": 32, "batch_size": 8, "lr": 3e-3}
 SMALL_ARGS = ["--weights", "random", "--arch", "vgg11", "--widths", "8,8,16,16,16", "--fc-units", "32",
               "--image-size", "32", "--batch-size", "8"]  # fmt: skip
 TEST_IMAGES = 3

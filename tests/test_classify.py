@@ -9,7 +9,7 @@ import numpy as np
 from PIL import Image
 
 from convert import legacy
-from tests.conftest import rel_error
+from convert.parity import rel_error
 from tests.keras_files import canonical_params
 from vgg_jax.classify import imagenet_classes, top_k
 from vgg_jax.image import load_image

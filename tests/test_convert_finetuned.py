@@ -16,7 +16,7 @@ import pytest
 
 import vgg_jax
 from convert import TopOptions, convert_file, load_keras, parity
-from tests.conftest import rel_error
+from convert.parity import rel_error
 from tests.keras_files import randomize
 from vgg_jax import params_io
 from vgg_jax.errors import UserError

@@ -17,8 +17,8 @@ import pytest
 from PIL import Image
 
 import vgg_jax
+from tests.conftest import SMALL
 from tests.test_args import refused
-from tests.test_train import SMALL
 from vgg_jax.config import TrainConfig
 from vgg_jax.export import export, sidecar_path
 from vgg_jax.synthetic import write_folder

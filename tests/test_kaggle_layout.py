@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from tests.conftest import SMALL
 from vgg_jax import data
 from vgg_jax.cli import main
 from vgg_jax.config import TrainConfig
@@ -16,7 +17,6 @@ from vgg_jax.errors import UserError
 from vgg_jax.synthetic import draw
 from vgg_jax.train import train
 
-SMALL = dict(arch="vgg11", widths=(8, 8, 16, 16, 16), fc_units=32, image_size=32, batch_size=8, lr=3e-3)
 SEED = 5  # images drawn by vgg_jax.synthetic.draw
 
 pytestmark = pytest.mark.usefixtures("own_cache")  # conftest: a cache folder of this module's own

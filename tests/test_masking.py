@@ -10,13 +10,13 @@ import jax
 import numpy as np
 import pytest
 
+from tests.conftest import SMALL_NET
 from tests.test_freeze import same_bits
 from vgg_jax.classifier import Classifier, apply_fn, image_apply_fn
 from vgg_jax.freeze import split
 from vgg_jax.optim import make_optimizer
 from vgg_jax.step import create_state, eval_step, train_step
 
-SMALL = {"depths": (1, 1, 1, 1, 1), "widths": (8, 8, 16, 16, 16), "fc_units": 32}
 SIZE, REAL, SEED = 32, 3, 0  # three real rows, then one padding row
 CASES = [(kind, classes) for kind in ("image", "features") for classes in (2, 3)]  # sigmoid and softmax heads
 
@@ -26,7 +26,7 @@ class Setup:
 
     def __init__(self, kind: str, classes: int):
         self.kind, self.classes = kind, classes
-        model = Classifier(**SMALL, head_units=1 if classes == 2 else classes)
+        model = Classifier(**SMALL_NET, head_units=1 if classes == 2 else classes)
         image = jax.numpy.zeros((1, SIZE, SIZE, 3))
         params = model.init({"params": jax.random.key(SEED)}, image)["params"]
         if kind == "image":  # block1/2 frozen, the rest trained: gradients flow back through convs, fc1/fc2 and head
@@ -48,12 +48,12 @@ class Setup:
         if self.kind == "image":
             inputs = rng.integers(0, 256, (REAL, SIZE, SIZE, 3), dtype=np.uint8)
         else:
-            inputs = rng.normal(0, 1, (REAL, SMALL["fc_units"])).astype(np.float32)
+            inputs = rng.normal(0, 1, (REAL, SMALL_NET["fc_units"])).astype(np.float32)
         return {"inputs": inputs, "label": rng.integers(0, self.classes, REAL).astype(np.int32)}
 
     def benign(self) -> tuple[np.ndarray, int]:
         """What the data pipeline pads with: zeros, label 0."""
-        shape = (SIZE, SIZE, 3) if self.kind == "image" else (SMALL["fc_units"],)
+        shape = (SIZE, SIZE, 3) if self.kind == "image" else (SMALL_NET["fc_units"],)
         return np.zeros(shape, np.uint8 if self.kind == "image" else np.float32), 0
 
     def extreme(self) -> tuple[np.ndarray, int, int]:
@@ -61,7 +61,7 @@ class Setup:
         row = (
             np.full((SIZE, SIZE, 3), 255, np.uint8)
             if self.kind == "image"
-            else np.full(SMALL["fc_units"], 1e30, np.float32)
+            else np.full(SMALL_NET["fc_units"], 1e30, np.float32)
         )
         logits = np.asarray(self.logits(row[None]))[0]
         predicted = int(logits[0] > 0) if self.classes == 2 else int(np.argmax(logits))

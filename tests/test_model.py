@@ -7,7 +7,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from tests.conftest import rel_error
+from convert.parity import rel_error
+from tests.conftest import SMALL_NET
 from tests.keras_files import copy_weights
 from vgg_jax import arch, params_io, preprocess_input
 from vgg_jax.model import VGG
@@ -81,7 +82,7 @@ def test_pooling_matches_keras(vgg16, pooling):
 
 
 def test_bfloat16_compute_keeps_float32_params():
-    model = VGG(depths=(1, 1, 1, 1, 1), widths=(8, 8, 16, 16, 16), fc_units=32, dtype=jnp.bfloat16)
+    model = VGG(**SMALL_NET, dtype=jnp.bfloat16)
     x = jnp.ones((1, 32, 32, 3))
     params = model.init(jax.random.key(0), x)["params"]
     assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(params))

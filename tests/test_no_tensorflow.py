@@ -7,7 +7,7 @@ import json
 import subprocess
 import sys
 
-from tests.test_train import SMALL
+from tests.conftest import SMALL
 
 SEED = 3
 BLOCKER = """

@@ -18,7 +18,8 @@ import numpy as np
 import pytest
 
 from convert import legacy
-from tests.conftest import rel_error
+from convert.parity import rel_error
+from tests.conftest import SMALL
 from vgg_jax.config import TrainConfig
 from vgg_jax.model import VGG
 from vgg_jax.preprocess import preprocess_input
@@ -129,7 +130,10 @@ def test_bfloat16_vgg16_forward_close_to_float32():
 
 def test_bfloat16_training_still_learns(folder, tmp_path):
     data = write_folder(tmp_path / "data", train=40, valid=16, test=0, seed=1)
-    result = train(TrainConfig(data=str(data), out=str(tmp_path / "bf16"), arch="vgg11", widths=(8, 8, 16, 16, 16), fc_units=32,
-                               image_size=32, batch_size=8, epochs=5, freeze_through="none", lr=3e-3, dtype="bfloat16"))  # fmt: skip
+    result = train(
+        TrainConfig(
+            data=str(data), out=str(tmp_path / "bf16"), epochs=5, freeze_through="none", dtype="bfloat16", **SMALL
+        )
+    )
     print(f"bf16 training: valid accuracy {result['accuracy']:.3f}")
     assert result["accuracy"] >= 0.95

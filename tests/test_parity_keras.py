@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from convert import convert_file
-from tests.conftest import rel_error
+from convert.parity import rel_error
 from tests.keras_files import KerasReference, copy_weights
 from vgg_jax import api, arch, preprocess_input
 from vgg_jax.model import VGG

@@ -19,7 +19,7 @@ from PIL import Image
 from safetensors.numpy import save_file
 
 import vgg_jax
-from tests.test_train import SMALL
+from tests.conftest import SMALL
 from vgg_jax import VGG11, VGG16, arch, params_io
 from vgg_jax.classifier import Classifier
 from vgg_jax.classify import decode_predictions, imagenet_classes

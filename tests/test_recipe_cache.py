@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.test_train import SMALL
+from tests.conftest import SMALL
 from vgg_jax import features
 from vgg_jax.classifier import Classifier
 from vgg_jax.config import TrainConfig

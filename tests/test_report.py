@@ -19,8 +19,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from tests.conftest import SMALL
 from tests.test_args import refused
-from tests.test_train import SMALL
 from vgg_jax import report
 from vgg_jax.cli import main
 from vgg_jax.config import TrainConfig

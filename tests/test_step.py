@@ -11,13 +11,12 @@ import numpy as np
 import optax
 import pytest
 
+from tests.conftest import SMALL_NET
 from vgg_jax.classifier import Classifier, image_apply_fn
 from vgg_jax.freeze import POLICIES, split
 from vgg_jax.optim import make_optimizer
 from vgg_jax.preprocess import preprocess_input
 from vgg_jax.step import create_state, dropout_keys, train_step
-
-SMALL = {"depths": (1, 1, 1, 1, 1), "widths": (8, 8, 16, 16, 16), "fc_units": 32}
 
 
 def small_batch(n=8, size=32, seed=0):
@@ -44,7 +43,7 @@ def flops(fn, *args) -> float:
 def test_step_updates_and_optimises_only_the_trainable_params(policy):
     """The new state holds exactly the trainable params, every one moved, and optimizer state for them alone.
     (That the frozen params stay as loaded, through the trainer's own jit, is tests/test_freeze.py's.)"""
-    model = Classifier(**SMALL)
+    model = Classifier(**SMALL_NET)
     trainable, frozen = split(init(model), policy)
     tx = make_optimizer(trainable, lr=1e-2)
     step = jax.jit(partial(train_step, apply_fn=image_apply_fn(model), tx=tx))
@@ -136,7 +135,7 @@ def test_dropout_acts_in_training_only_and_follows_the_keys(rate):
     """Dropout after fc1/fc2 acts in training whatever is frozen (Keras' Dropout ignores `trainable`); the masks
     come from the per-example keys; evaluation and rate 0 are deterministic and equal."""
     batch = small_batch()
-    model = Classifier(**SMALL, dropout_rate=rate)
+    model = Classifier(**SMALL_NET, dropout_rate=rate)
     params = init(model)
     apply = image_apply_fn(model)
     n = len(batch["label"])
@@ -151,7 +150,7 @@ def test_dropout_acts_in_training_only_and_follows_the_keys(rate):
 
 
 def test_learns_and_is_deterministic():
-    model = Classifier(**SMALL, head_units=3)  # softmax head
+    model = Classifier(**SMALL_NET, head_units=3)  # softmax head
     batch = small_batch()
     batch["label"] = batch["label"] + (batch["inputs"].mean(axis=(1, 2, 3)) > 127)  # 3 classes
     results = []

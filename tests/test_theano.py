@@ -12,8 +12,8 @@ from scipy import signal
 
 from convert import convert_file, legacy, load_keras
 from convert.mapping import fc1_rows_chw_to_hwc, oihw_to_hwio, rotate_180
+from convert.parity import rel_error
 from convert.source import open_source
-from tests.conftest import rel_error
 from tests.keras_files import canonical_params
 from tests.test_parity_keras import ours
 from vgg_jax import arch, reference

@@ -12,14 +12,13 @@ import jax
 import numpy as np
 import pytest
 
+from tests.conftest import SMALL
 from vgg_jax.config import TrainConfig
 from vgg_jax.errors import UserError
 from vgg_jax.evaluate import evaluate, load_run, predict
 from vgg_jax.export import export
 from vgg_jax.synthetic import write_folder
 from vgg_jax.train import Diverged, train
-
-SMALL = dict(arch="vgg11", widths=(8, 8, 16, 16, 16), fc_units=32, image_size=32, batch_size=8, lr=3e-3)
 
 
 pytestmark = pytest.mark.usefixtures("own_cache")  # conftest: a cache folder of this module's own

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 from safetensors.numpy import save_file
 
+from tests.conftest import SMALL
 from vgg_jax import arch, features, params_io
 from vgg_jax.cli import main
 from vgg_jax.config import TrainConfig
@@ -22,7 +23,6 @@ from vgg_jax.errors import UserError
 from vgg_jax.synthetic import write_folder
 
 WIDTHS = (8, 8, 16, 16, 16)
-SMALL = {"arch": "vgg11", "widths": WIDTHS, "fc_units": 32, "image_size": 32, "batch_size": 8, "lr": 3e-3}
 SMALL_ARGS = ["--arch", "vgg11", "--widths", "8,8,16,16,16", "--fc-units", "32", "--image-size", "32",
               "--batch-size", "8"]  # fmt: skip
 SEED = 7

@@ -1,8 +1,10 @@
-"""Where vgg-jax keeps downloads and converted ImageNet params (pure Python: the converter uses it too)."""
+"""Where vgg-jax keeps downloads and converted ImageNet params, and how it orders names (pure Python: the converter
+uses it too)."""
 
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 
@@ -24,3 +26,8 @@ def file_digest(path: str | os.PathLike, algorithm: str = "sha256") -> str:
 
     with open(path, "rb") as f:
         return hashlib.file_digest(f, algorithm).hexdigest()
+
+
+def natural_key(text: str) -> list:
+    """Sort key with digit runs as numbers: 'conv2d_10' after 'conv2d_2', 'test1/10.jpg' after 'test1/2.jpg'."""
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", text)]

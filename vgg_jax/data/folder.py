@@ -16,6 +16,7 @@ import numpy as np
 from vgg_jax.data.checks import IMAGE_EXTENSIONS, UNSUPPORTED_EXTENSIONS, check_image_file, unreadable_reason
 from vgg_jax.data.source import UNLABELLED, Source, fingerprint, is_utf8, printable
 from vgg_jax.errors import UserError
+from vgg_jax.paths import natural_key
 
 # Split name -> folder names tried in order (fast.ai dogscats uses train/, valid/ and test1/).
 SPLIT_DIRS = {"train": ("train",), "valid": ("valid", "validation", "val"), "test": ("test1", "test")}
@@ -221,10 +222,6 @@ def _no_images(folder: Path, where: str, passed: Passed) -> str:
     )
 
 
-def _natural_key(rel: str) -> list:
-    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", rel)]  # test1/2.jpg before test1/10.jpg
-
-
 def _list_images(folder: Path, recursive: bool) -> tuple[list[str], Passed]:
     """Image files under `folder` as paths relative to it, in natural order, and the entries passed over with why.
 
@@ -253,7 +250,7 @@ def _list_images(folder: Path, recursive: bool) -> tuple[list[str], Passed]:
                 out.append(rel)
             elif kind == "skip":
                 passed.append((entry.path, detail))
-    return sorted(out, key=_natural_key), passed
+    return sorted(out, key=natural_key), passed
 
 
 def _scandir(folder: str | Path, passed: Passed) -> list[os.DirEntry]:
@@ -340,7 +337,7 @@ def _checked(name: str, base: Path, rel: list[str], labels: np.ndarray, classes:
         name=name,
         class_names=classes,
         num_examples=len(good),
-        skipped=sorted(skipped, key=lambda s: _natural_key(s[0])),
+        skipped=sorted(skipped, key=lambda s: natural_key(s[0])),
         fingerprint=fingerprint("folder", classes, [(r, s[0], s[1]) for r, s in zip(rel, stats)], labels.tolist()),
         paths=[paths[i] for i in good],
         labels=labels[good],
