@@ -166,3 +166,21 @@ def test_learns_and_is_deterministic():
         results.append((first, float(m["loss"]), jax.tree.map(np.asarray, state.params)))
     assert results[0][1] < 0.5 * results[0][0]
     jax.tree.map(np.testing.assert_array_equal, results[0][2], results[1][2])
+
+
+def test_a_finite_loss_with_a_nan_update_is_reported_not_finite():
+    """The guard looks at the params the step is about to keep, not only at the loss (computed before the update):
+    an injected NaN in one update leaf, after a finite loss, must make the step report `finite` False."""
+    model = Classifier(**SMALL_NET)
+    trainable, frozen = split(init(model), "fc2")
+    poisoned_leaf = "head"
+
+    def poison(updates, params):
+        return {k: jax.tree.map(lambda u: u * jnp.nan, v) if k == poisoned_leaf else v for k, v in updates.items()}
+
+    for tx, want in ((optax.sgd(1e-2), True), (optax.chain(optax.sgd(1e-2), optax.stateless(poison)), False)):
+        step = jax.jit(partial(train_step, apply_fn=image_apply_fn(model), tx=tx))
+        state, metrics = step(create_state(trainable, tx, seed=0), frozen, small_batch())
+        assert np.isfinite(float(metrics["loss"])), "the injected NaN must come after a finite loss"
+        assert bool(metrics["finite"]) is want, f"update poisoned: {not want}; step reported finite={metrics['finite']}"
+        assert np.isnan(np.asarray(state.params[poisoned_leaf]["kernel"])).all() is not want
