@@ -3,7 +3,7 @@ Keras, and the block5 fine-tune with and without the block4_pool cache. One run,
 
     .venv/bin/python benchmarks/bench_cache.py [--train 128] [--valid 32] [--epochs 10] [--tiny] [--skip-keras]
 
-Every figure comes from `vgg_jax.train.train` on real JPEG files: epoch times are read by wrapping the trainer's
+Every figure comes from `vgg_jax.train.trainer.train` on real JPEG files: epoch times are read by wrapping the trainer's
 own `_run_epoch` (host gather from the memory-mapped cache, transfer, step, loop; validation excluded), the
 one-time backbone pass by wrapping `_cached_features`, and end-to-end times are the wall time of `train()`
 from an empty cache. Weights are random (timing does not depend on their values; the ImageNet file cannot be
@@ -27,9 +27,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
-from vgg_jax import train as trainer
-from vgg_jax.config import TrainConfig
-from vgg_jax.synthetic import write_folder
+from vgg_jax.train import trainer
+from vgg_jax.train.config import TrainConfig
+from vgg_jax.data.synthetic import write_folder
 
 TINY = dict(arch="vgg11", widths=(8, 8, 16, 16, 16), fc_units=32, image_size=32)
 # (name, config changes, cache on?): every cut the trainer caches by default, and the runs through the backbone.

@@ -18,7 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from convert import legacy  # noqa: E402
+from vgg_jax.convert import legacy  # noqa: E402
 
 # Each measurement runs in a grandchild forked from a small wrapper: a child forked from this
 # (large) process would inherit our RSS high-water mark and report it as its own.
@@ -38,7 +38,7 @@ if variant == "h5py read":
         arrays = []
         f.visititems(lambda n, o: arrays.append(o[()]) if hasattr(o, "shape") else None)
 else:
-    from convert import convert_file
+    from vgg_jax.convert import convert_file
     convert_file(src, out)
 seconds = time.perf_counter() - t0
 print(seconds)

@@ -9,7 +9,7 @@ configuration `--repeats` times (best kept, least disturbed by other processes):
     with 1 and 2 threads;
   - tf.data (only when tensorflow is installed): the pipeline vgg_jax.data ran before grain, kept here
     for this comparison only: tf.data from_tensor_slices -> read_file -> a numpy_function that decodes
-    with Pillow and resizes with vgg_jax.resize -> batch -> prefetch, a private pool of N threads;
+    with Pillow and resizes with vgg_jax.data.resize -> batch -> prefetch, a private pool of N threads;
   - tf.data + simplejpeg: the same tf.data pipeline calling today's decoder, to separate the
     decoder's share of the difference from the framework's.
 Steady rate: images after the first batch / time from the first batch to the last (worker start-up
@@ -91,7 +91,7 @@ def grain_batches(source, batch: int, workers: int, threads: int | None):
 
 def tfdata_batches(source, batch: int, threads: int, decoder: str):
     """The tf.data pipeline vgg_jax.data ran before grain (vgg_jax/data_decode.py), for this comparison only."""
-    from vgg_jax import resize
+    from vgg_jax.data import resize
     from vgg_jax.data.tfds import _tf
 
     tf = _tf()

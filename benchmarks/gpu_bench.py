@@ -7,7 +7,7 @@ Needs jax, flax, optax, numpy only (no tensorflow, no network). Steps:
      float32 on the accelerator, and accelerator float32 vs the host CPU (XLA's default precision may
      use TF32 on the GPU); normwise relative error max|a - b| / max|b| against loose bounds;
   2. sweep: img/s of inference, the frozen-head train step and the full fine-tune step over batch
-     sizes, bfloat16 and float32, through vgg_jax.bench (the trainer's jitted steps); configurations
+     sizes, bfloat16 and float32, through benchmarks.throughput (the trainer's jitted steps); configurations
      left when the time budget runs low are reported as skipped, an out-of-memory one as OOM;
   3. a short table, printed last.
 `--tiny` runs the same on a tiny VGG at 32x32 (the CPU test of this script).
@@ -41,9 +41,10 @@ def correctness(tiny: bool, batch: int = 8) -> dict:
     import jax.numpy as jnp
     import numpy as np
 
-    from vgg_jax import arch, bench
-    from vgg_jax.classifier import Classifier
-    from vgg_jax.preprocess import preprocess_input
+    from vgg_jax.models import arch
+    from benchmarks import throughput as bench
+    from vgg_jax.models.classifier import Classifier
+    from vgg_jax.models.preprocess import preprocess_input
 
     size = 32 if tiny else arch.IMAGE_SIZE
     shape = bench.TINY if tiny else {}
@@ -101,7 +102,7 @@ def peak_memory_gb(device) -> float | None:
 def sweep(tiny: bool, budget_s: float, steps: int, started: float) -> list[dict]:
     import jax
 
-    from vgg_jax import bench
+    from benchmarks import throughput as bench
 
     rows, last_cost = [], 0.0
     for variant, dtype, batch in plan(tiny):

@@ -2,7 +2,7 @@
 
     python benchmarks/ours.py --variant frozen --batch 8 [--steps 5 --warmup 1 --dtype float32 --xla tuned]
 
-Variants: the step variants of `vgg_jax.bench` (infer, frozen, block5, full, naive), built by the
+Variants: the step variants of `benchmarks.throughput` (infer, frozen, block5, full, naive), built by the
 same code `vgg-jax bench` uses (the trainer's jitted train_step / eval_step with its shardings), plus
   ceiling  a single 3x3 conv (8x56x56x256 -> 256, SAME) and a 4096^3 matmul in JAX
   decode   the input pipeline (vgg_jax.data on grain, in-process threads, via benchmarks/bench_data.py): 224x224 img/s
@@ -27,7 +27,7 @@ def step_variant(args) -> dict:
     import jax
     import numpy as np
 
-    from vgg_jax import bench
+    from benchmarks import throughput as bench
 
     case = bench.build(args.variant, args.batch, args.dtype, tiny=args.tiny, xla=args.xla)
     bench.clear_params_cache()  # the host copy of the random params is not part of the step's memory
@@ -60,7 +60,7 @@ def ceiling(args) -> dict:
     x = jax.device_put(rng.standard_normal((b, s, s, c), np.float32))
     w = jax.device_put(rng.standard_normal((3, 3, c, c), np.float32) * 0.02)
     a = jax.device_put(rng.standard_normal((n, n), np.float32))
-    from vgg_jax.bench import compiler_options
+    from benchmarks.throughput import compiler_options
 
     def conv_fn(x, w):
         return jax.lax.conv_general_dilated(x, w, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
@@ -113,7 +113,7 @@ def decode(args) -> dict:
 
 def convert(args) -> dict:
     from benchmarks import bench_convert
-    from convert import legacy
+    from vgg_jax.convert import legacy
 
     work = Path(args.workdir)
     work.mkdir(parents=True, exist_ok=True)

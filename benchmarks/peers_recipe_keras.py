@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/peers_recipe_keras.py --data DIR --epochs 10 [--batch 32] [--image-size 224]
         [--tiny] [--json OUT]
 
-DIR is in the recipe layout DIR/train/{cats,dogs}/*.jpg, DIR/valid/{cats,dogs}/*.jpg (`vgg_jax.synthetic.write_folder`
+DIR is in the recipe layout DIR/train/{cats,dogs}/*.jpg, DIR/valid/{cats,dogs}/*.jpg (`vgg_jax.data.synthetic.write_folder`
 makes one). The model is the recipe's: VGG16 with its top built layer by layer under the Keras layer names
 (block1_conv1 .. block5_pool, flatten, fc1, dropout, fc2, dropout_1), *with* Dropout(0.5) after fc1 and after fc2
 as the recipe's VGG16 had (`keras.applications.VGG16` has none), the 1000-way softmax replaced by a new

@@ -231,7 +231,8 @@ def _ok(r: dict) -> bool:
 
 def gflop_basis(quick: bool) -> dict:
     """GFLOP per image for forward-only and head-only-training rows (peers and ours alike)."""
-    from vgg_jax import arch, bench
+    from vgg_jax.models import arch
+    from benchmarks import throughput as bench
 
     shape = (
         (bench.TINY["depths"], bench.TINY["widths"], bench.TINY["fc_units"], 32)

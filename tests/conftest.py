@@ -40,10 +40,10 @@ def vgg19(images):
 def small_weights_file(tmp_path_factory):
     """A small vgg11 (widths 8,8,16,16,16, fc 32, random, seed 7) with its fc layers as a params file: a stand-in
     for the ImageNet file in trainer tests; the trainer gives the head a fresh init."""
-    from vgg_jax import params_io
-    from vgg_jax.config import TrainConfig
-    from vgg_jax.network import build_model, init_params, resolve_weights
-    from vgg_jax.parallel import to_host
+    from vgg_jax.models import params_io
+    from vgg_jax.train.config import TrainConfig
+    from vgg_jax.train.network import build_model, init_params, resolve_weights
+    from vgg_jax.train.parallel import to_host
 
     cfg = TrainConfig(data="unused", out="unused", arch="vgg11", widths=(8, 8, 16, 16, 16), fc_units=32,
                       image_size=32, seed=7)  # fmt: skip

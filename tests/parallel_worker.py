@@ -10,11 +10,11 @@ import sys
 import jax
 import numpy as np
 
-from vgg_jax import parallel
-from vgg_jax.config import TrainConfig
+from vgg_jax.train import parallel
+from vgg_jax.train.config import TrainConfig
 from vgg_jax.errors import UserError
-from vgg_jax.evaluate import load_run
-from vgg_jax.train import train
+from vgg_jax.inference.evaluate import load_run
+from vgg_jax.train.trainer import train
 
 data, out, batch_size, shard_fc, optimizer = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4] == "1", sys.argv[5]
 seen = {}

@@ -5,8 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from convert import convert_file, legacy
-from vgg_jax import VGG11, VGG16, UserError, params_io
+from vgg_jax.convert import convert_file, legacy
+from vgg_jax import VGG11, VGG16, UserError
+from vgg_jax.models import params_io
 
 
 @pytest.fixture(scope="module")

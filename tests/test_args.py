@@ -12,9 +12,9 @@ import pytest
 
 from tests.conftest import SMALL
 from vgg_jax.cli import main
-from vgg_jax.config import TrainConfig
+from vgg_jax.train.config import TrainConfig
 from vgg_jax.errors import UserError
-from vgg_jax.synthetic import write_folder
+from vgg_jax.data.synthetic import write_folder
 
 SMALL_ARGS = ["--weights", "random", "--arch", "vgg11", "--widths", "8,8,16,16,16", "--fc-units", "32",
               "--image-size", "32", "--batch-size", "8"]  # fmt: skip
@@ -32,7 +32,7 @@ def folder(tmp_path_factory):
 @pytest.fixture(scope="module")
 def run(folder, cache, tmp_path_factory):
     """One tiny trained run (one epoch, head only) for predict and export."""
-    from vgg_jax.train import train
+    from vgg_jax.train.trainer import train
 
     out = tmp_path_factory.mktemp("runs") / "tiny"
     with pytest.MonkeyPatch.context() as mp:
@@ -129,7 +129,7 @@ def test_train_validates_before_converting_weights(capsys, folder, tmp_path, cac
 
 
 def test_python_train_validates_before_touching_the_folder(folder, tmp_path):
-    from vgg_jax.train import train
+    from vgg_jax.train.trainer import train
 
     out = tmp_path / "run"
     with pytest.raises(UserError, match=r"--lr must be finite and > 0\. Received: nan"):
@@ -289,7 +289,7 @@ def test_abbreviated_flag_is_refused(capsys, argv):
 
 
 def test_python_m_convert_refuses_abbreviations(capsys):
-    from convert.cli import main as convert_main
+    from vgg_jax.convert.cli import main as convert_main
 
     with pytest.raises(SystemExit):
         convert_main(["x.h5", "--out", "y.safetensors"])
@@ -329,7 +329,7 @@ def test_lr_mult_on_a_frozen_group_names_it(capsys, folder, tmp_path):
 
 
 def test_lr_mult_on_partly_trainable_alias_is_accepted():
-    from vgg_jax.freeze import parse_lr_mults
+    from vgg_jax.models.freeze import parse_lr_mults
 
     assert parse_lr_mults("conv=0.5", "block3") == {f"block{i}": 0.5 for i in range(1, 6)}
     with pytest.raises(UserError, match="--lr-mult fc=0.5: fc is frozen by --freeze-through fc2"):

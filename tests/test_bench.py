@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from vgg_jax import arch, bench
+from vgg_jax.models import arch
+from benchmarks import throughput as bench
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -73,7 +74,7 @@ def test_tuned_options_keep_convolutions_out_of_ynnpack():
     assert "convolution(" in entry and "ynn_fusion" not in entry
     assert "ynn_fusion" in default
     # The trainer's jits carry the same options (parallel.jit_options), so users get the measured speed.
-    from vgg_jax import parallel
+    from vgg_jax.train import parallel
 
     trainer = jax.jit(conv, **parallel.jit_options()).lower(jnp.ones((1, 32, 32, 32)), jnp.ones((3, 3, 32, 32)))
     entry = trainer.compile().as_text()

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from vgg_jax.synthetic import write_folder
+from vgg_jax.data.synthetic import write_folder
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "benchmarks" / "peers_recipe_keras.py"

@@ -8,11 +8,11 @@ import sys
 import numpy as np
 from PIL import Image
 
-from convert import legacy
-from convert.parity import rel_error
+from vgg_jax.convert import legacy
+from vgg_jax.models.parity import rel_error
 from tests.keras_files import canonical_params
-from vgg_jax.classify import imagenet_classes, top_k
-from vgg_jax.image import load_image
+from vgg_jax.inference.classify import imagenet_classes, top_k
+from vgg_jax.data.image import load_image
 
 
 def test_class_names_are_keras_imagenet_index():
@@ -52,7 +52,7 @@ def test_cli_prints_named_top5_from_h5_and_params(tmp_path):
         if weights.suffix == ".safetensors":
             assert (
                 subprocess.run(
-                    [sys.executable, "-m", "convert", str(tmp_path / "vgg16_tf.h5"), "-o", str(weights)]
+                    [sys.executable, "-m", "vgg_jax.convert", str(tmp_path / "vgg16_tf.h5"), "-o", str(weights)]
                 ).returncode
                 == 0
             )

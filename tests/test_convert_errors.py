@@ -12,7 +12,7 @@ import h5py
 import numpy as np
 import pytest
 
-from convert.source import open_source
+from vgg_jax.convert.source import open_source
 
 
 def run_convert(*args: str) -> subprocess.CompletedProcess:
@@ -101,7 +101,7 @@ def test_missing_layer(notop_h5, tmp_path, out):
 
 def test_missing_layer_in_keras0_file(vgg16, tmp_path, out):
     """Order-mapped files have no names to point at: the count tells."""
-    from convert import legacy
+    from vgg_jax.convert import legacy
     from tests.keras_files import canonical_params
 
     params = {k: v for k, v in canonical_params(vgg16.notop).items() if k != "block4_conv3"}

@@ -15,10 +15,11 @@ from PIL import Image
 import pytest
 
 import vgg_jax
-from convert import TopOptions, convert_file, load_keras, parity
-from convert.parity import rel_error
+from vgg_jax.convert import TopOptions, convert_file, load_keras
+from vgg_jax.models import parity
+from vgg_jax.models.parity import rel_error
 from tests.keras_files import randomize
-from vgg_jax import params_io
+from vgg_jax.models import params_io
 from vgg_jax.errors import UserError
 
 SIZE = 32
@@ -288,8 +289,8 @@ def test_wrong_class_count_and_classify_refusal(imported, tmp_path, capsys):
 
 
 def _train_init(weights: Path, top: str, classes: list[str], size: int = SIZE):
-    from vgg_jax.config import TrainConfig
-    from vgg_jax.network import build_model, init_params, resolve_weights
+    from vgg_jax.train.config import TrainConfig
+    from vgg_jax.train.network import build_model, init_params, resolve_weights
 
     cfg = TrainConfig(data="unused", out="unused", weights=str(weights), top=top, image_size=size, seed=3)
     return init_params(build_model(cfg, len(classes)), cfg, resolve_weights(cfg.weights), classes)

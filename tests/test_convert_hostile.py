@@ -19,8 +19,8 @@ import h5py
 import numpy as np
 import pytest
 
-from convert import archive, convert_file, download, legacy, load_keras
-from vgg_jax import arch, params_io
+from vgg_jax.convert import archive, convert_file, download, legacy, load_keras
+from vgg_jax.models import arch, params_io
 from vgg_jax.errors import UserError
 from vgg_jax.fileio import TEMP_PREFIX
 
@@ -310,7 +310,7 @@ def test_full_disk_is_refused_before_reading(src, full_dir):
 
 def test_disk_filling_up_during_the_write(src, full_dir, monkeypatch):
     """Past the room check (skipped here, as if another writer filled the disk meanwhile): one line, no file."""
-    import convert
+    from vgg_jax import convert
 
     monkeypatch.setattr(convert, "check_space", lambda out, shapes: None)
     with pytest.raises(UserError) as e:

@@ -4,12 +4,12 @@ import os
 import subprocess
 import sys
 
-from convert import legacy
+from vgg_jax.convert import legacy
 
 # Run the converter as a grandchild so RUSAGE_CHILDREN measures it alone.
 MEASURE = """
 import resource, subprocess, sys
-r = subprocess.run([sys.executable, "-m", "convert", *sys.argv[1:]], capture_output=True, text=True)
+r = subprocess.run([sys.executable, "-m", "vgg_jax.convert", *sys.argv[1:]], capture_output=True, text=True)
 sys.stderr.write(r.stderr)
 print(r.returncode, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024)
 """

@@ -20,8 +20,8 @@ from PIL import Image
 from vgg_jax import data
 from vgg_jax.data.checks import MAX_PIXELS, check_image_file, image_dimensions
 from vgg_jax.errors import UserError
-from vgg_jax.image import load_image
-from vgg_jax.synthetic import write_folder
+from vgg_jax.data.image import load_image
+from vgg_jax.data.synthetic import write_folder
 
 S = 32  # decoded size: small and fast; what is tested is what gets listed, skipped and named
 LIMIT = f"{MAX_PIXELS:,}"
@@ -208,7 +208,7 @@ def test_header_dimensions_are_the_decoded_size(tmp_path, fmt, kw):
 
 
 def test_classify_refuses_a_decompression_bomb_in_one_line(tmp_path, bomb):
-    from convert import legacy
+    from vgg_jax.convert import legacy
 
     weights = tmp_path / "w.h5"
     legacy.write_keras1(weights, legacy.random_params(depths=(1, 1, 2, 2, 2), include_top=False), "tf")

@@ -9,11 +9,11 @@ import json
 import numpy as np
 import pytest
 
-from convert import download, legacy
+from vgg_jax.convert import download, legacy
 from tests.test_download import Server, error_line, run_cli
-from vgg_jax import arch, params_io
+from vgg_jax.models import arch, params_io
 from vgg_jax.cli import main
-from vgg_jax.synthetic import write_folder
+from vgg_jax.data.synthetic import write_folder
 
 NOTOP = download.OFFICIAL["vgg16-notop"]
 SMALL_ARGS = ["--arch", "vgg11", "--widths", "8,8,16,16,16", "--fc-units", "32", "--image-size", "32",

@@ -16,8 +16,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from convert import download
-from vgg_jax import cli, params_io
+from vgg_jax.convert import download
+from vgg_jax import cli
+from vgg_jax.models import params_io
 from vgg_jax.fileio import TEMP_PREFIX
 
 NOTOP = download.OFFICIAL["vgg16-notop"]

@@ -19,10 +19,10 @@ from PIL import Image
 import vgg_jax
 from tests.conftest import SMALL
 from tests.test_args import refused
-from vgg_jax.config import TrainConfig
-from vgg_jax.export import export, sidecar_path
-from vgg_jax.synthetic import write_folder
-from vgg_jax.train import train
+from vgg_jax.train.config import TrainConfig
+from vgg_jax.inference.export import export, sidecar_path
+from vgg_jax.data.synthetic import write_folder
+from vgg_jax.train.trainer import train
 
 pytestmark = pytest.mark.usefixtures("own_cache")  # conftest: a cache folder of this module's own
 
@@ -163,7 +163,7 @@ def test_weights_h5_loads_into_the_sidecars_architecture(exports, pixels, top):
     """The README's other way to rebuild the architecture for a .weights.h5: vgg_jax's helper on the sidecar."""
     import keras
 
-    from vgg_jax.export_keras import build_keras_model
+    from vgg_jax.inference.export_keras import build_keras_model
 
     folder, ours, _ = exports[top]
     model = build_keras_model(json.loads(sidecar_path(folder / "m.weights.h5").read_text()))

@@ -10,16 +10,17 @@ import numpy as np
 import optax
 import pytest
 
-from vgg_jax import UserError, data, params_io
-from vgg_jax.classifier import image_apply_fn
-from vgg_jax.config import TrainConfig
-from vgg_jax.freeze import POLICIES, merge, parse_lr_mults, split
-from vgg_jax.network import build_model, init_params, resolve_weights
-from vgg_jax.optim import make_optimizer
-from vgg_jax.parallel import jit_options, jit_step, make_mesh, prefetch, put, shard_batch, shardings_for, to_host
-from vgg_jax.preprocess import preprocess_input
-from vgg_jax.step import create_state, dropout_keys, train_step
-from vgg_jax.synthetic import write_folder
+from vgg_jax import UserError, data
+from vgg_jax.models import params_io
+from vgg_jax.models.classifier import image_apply_fn
+from vgg_jax.train.config import TrainConfig
+from vgg_jax.models.freeze import POLICIES, merge, parse_lr_mults, split
+from vgg_jax.train.network import build_model, init_params, resolve_weights
+from vgg_jax.train.optim import make_optimizer
+from vgg_jax.train.parallel import jit_options, jit_step, make_mesh, prefetch, put, shard_batch, shardings_for, to_host
+from vgg_jax.models.preprocess import preprocess_input
+from vgg_jax.train.step import create_state, dropout_keys, train_step
+from vgg_jax.data.synthetic import write_folder
 
 LAYERS = [f"block{b}_conv{i}" for b, n in enumerate((2, 2, 3, 3, 3), 1) for i in range(1, n + 1)] + [
     "fc1",
@@ -84,7 +85,7 @@ def test_lr_mults():
             parse_lr_mults(bad)
 
 
-# ---- The freeze through the real trainer pieces, as vgg_jax.train.train() wires them ----
+# ---- The freeze through the real trainer pieces, as vgg_jax.train.trainer.train() wires them ----
 
 SMALL = {"arch": "vgg11", "widths": (8, 8, 16, 16, 16), "fc_units": 32, "image_size": 32, "batch_size": 8, "lr": 1e-2}
 # vgg11's layers in order, and, per policy, the first one left trainable: written out here, not derived from split.
@@ -124,7 +125,7 @@ def spy(tx: optax.GradientTransformation, seen: list) -> optax.GradientTransform
 
 
 def trainer(policy: str, weights: Path, seen: list) -> tuple:
-    """The pieces of vgg_jax.train.train() for images (no feature cache), on one mesh over this host's devices."""
+    """The pieces of vgg_jax.train.trainer.train() for images (no feature cache), on one mesh over this host's devices."""
     cfg = TrainConfig(data="unused", out="unused", weights=str(weights), freeze_through=policy, seed=SEED, **SMALL)
     probe = build_model(cfg, 2)
     trainable, frozen = split(init_params(probe, cfg, resolve_weights(cfg.weights)), cfg.freeze_through)

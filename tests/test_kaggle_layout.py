@@ -12,12 +12,12 @@ from PIL import Image
 from tests.conftest import SMALL
 from vgg_jax import data
 from vgg_jax.cli import main
-from vgg_jax.config import TrainConfig
+from vgg_jax.train.config import TrainConfig
 from vgg_jax.errors import UserError
-from vgg_jax.synthetic import draw
-from vgg_jax.train import train
+from vgg_jax.data.synthetic import draw
+from vgg_jax.train.trainer import train
 
-SEED = 5  # images drawn by vgg_jax.synthetic.draw
+SEED = 5  # images drawn by vgg_jax.data.synthetic.draw
 
 pytestmark = pytest.mark.usefixtures("own_cache")  # conftest: a cache folder of this module's own
 
@@ -85,7 +85,7 @@ def test_root_trains_with_labels_from_file_names_and_a_default_valid_part(kaggle
 
 def test_evaluate_reopens_the_carved_valid_part(kaggle, kaggle_run):
     """`vgg-jax evaluate RUN` on a Kaggle-layout run: the same 10% valid part the trainer held out."""
-    from vgg_jax.evaluate import evaluate
+    from vgg_jax.inference.evaluate import evaluate
 
     out, result, _ = kaggle_run
     again = evaluate(out)

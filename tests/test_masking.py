@@ -12,10 +12,10 @@ import pytest
 
 from tests.conftest import SMALL_NET
 from tests.test_freeze import same_bits
-from vgg_jax.classifier import Classifier, apply_fn, image_apply_fn
-from vgg_jax.freeze import split
-from vgg_jax.optim import make_optimizer
-from vgg_jax.step import create_state, eval_step, train_step
+from vgg_jax.models.classifier import Classifier, apply_fn, image_apply_fn
+from vgg_jax.models.freeze import split
+from vgg_jax.train.optim import make_optimizer
+from vgg_jax.train.step import create_state, eval_step, train_step
 
 SIZE, REAL, SEED = 32, 3, 0  # three real rows, then one padding row
 CASES = [(kind, classes) for kind in ("image", "features") for classes in (2, 3)]  # sigmoid and softmax heads

@@ -7,11 +7,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from convert.parity import rel_error
+from vgg_jax.models.parity import rel_error
 from tests.conftest import SMALL_NET
 from tests.keras_files import copy_weights
-from vgg_jax import arch, params_io, preprocess_input
-from vgg_jax.model import VGG
+from vgg_jax.models import arch, params_io
+from vgg_jax import preprocess_input
+from vgg_jax.models.vgg import VGG
 
 # Published counts (Keras applications for VGG16/19, torchvision's num_params for all four; the
 # networks are identical in shape).

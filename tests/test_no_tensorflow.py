@@ -31,10 +31,10 @@ sys.meta_path[:] = [Hide(f) for f in sys.meta_path]
 SCRIPT = """
 import json, sys
 from vgg_jax import data
-from vgg_jax.config import TrainConfig
+from vgg_jax.train.config import TrainConfig
 from vgg_jax.errors import UserError
-from vgg_jax.synthetic import write_folder
-from vgg_jax.train import train
+from vgg_jax.data.synthetic import write_folder
+from vgg_jax.train.trainer import train
 
 root = write_folder(sys.argv[1] + "/data", train=24, valid=8, test=0, seed=int(sys.argv[3]))
 result = train(TrainConfig(data=str(root), out=sys.argv[1] + "/run", epochs=2, **json.loads(sys.argv[2])))

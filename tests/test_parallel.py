@@ -17,14 +17,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from convert import legacy
-from convert.parity import rel_error
+from vgg_jax.convert import legacy
+from vgg_jax.models.parity import rel_error
 from tests.conftest import SMALL
-from vgg_jax.config import TrainConfig
-from vgg_jax.model import VGG
-from vgg_jax.preprocess import preprocess_input
-from vgg_jax.synthetic import write_folder
-from vgg_jax.train import train
+from vgg_jax.train.config import TrainConfig
+from vgg_jax.models.vgg import VGG
+from vgg_jax.models.preprocess import preprocess_input
+from vgg_jax.data.synthetic import write_folder
+from vgg_jax.train.trainer import train
 
 WORKER = Path(__file__).with_name("parallel_worker.py")
 

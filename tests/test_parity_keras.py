@@ -9,11 +9,12 @@ import jax
 import numpy as np
 import pytest
 
-from convert import convert_file
-from convert.parity import rel_error
+from vgg_jax.convert import convert_file
+from vgg_jax.models.parity import rel_error
 from tests.keras_files import KerasReference, copy_weights
-from vgg_jax import api, arch, preprocess_input
-from vgg_jax.model import VGG
+from vgg_jax import api, preprocess_input
+from vgg_jax.models import arch
+from vgg_jax.models.vgg import VGG
 
 TOLERANCE = 1e-4
 
@@ -164,7 +165,7 @@ def keras20_channels_first(vgg16, tmp_path):
 
     import h5py
 
-    from convert.legacy import fc1_to_chw
+    from vgg_jax.convert.legacy import fc1_to_chw
 
     path = tmp_path / "keras20_cf.h5"
     vgg16.full.save(str(path))
@@ -199,8 +200,8 @@ def test_fc1_order_inferred_without_a_config_is_flagged_and_overridable(
     for the conventions taken), and --fc1-order chw fixes it."""
     import h5py
 
-    from convert import parity
-    from vgg_jax import params_io
+    from vgg_jax.models import parity
+    from vgg_jax.models import params_io
 
     with h5py.File(keras20_channels_first, "r+") as f:
         del f.attrs["model_config"]

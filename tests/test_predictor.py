@@ -20,21 +20,22 @@ from safetensors.numpy import save_file
 
 import vgg_jax
 from tests.conftest import SMALL
-from vgg_jax import VGG11, VGG16, arch, params_io
-from vgg_jax.classifier import Classifier
-from vgg_jax.classify import decode_predictions, imagenet_classes
-from vgg_jax.config import TrainConfig
+from vgg_jax import VGG11, VGG16
+from vgg_jax.models import arch, params_io
+from vgg_jax.models.classifier import Classifier
+from vgg_jax.inference.classify import decode_predictions, imagenet_classes
+from vgg_jax.train.config import TrainConfig
 from vgg_jax.data import open_source
 from vgg_jax.errors import UserError
-from vgg_jax.evaluate import predict
-from vgg_jax.export import export
-from vgg_jax.image import load_image
-from vgg_jax.model import VGG
-from vgg_jax.predictor import Predictor, load
-from vgg_jax.preprocess import preprocess_input
-from vgg_jax.step import probabilities
-from vgg_jax.synthetic import draw, write_folder
-from vgg_jax.train import train
+from vgg_jax.inference.evaluate import predict
+from vgg_jax.inference.export import export
+from vgg_jax.data.image import load_image
+from vgg_jax.models.vgg import VGG
+from vgg_jax.inference.predictor import Predictor, load
+from vgg_jax.models.preprocess import preprocess_input
+from vgg_jax.train.step import probabilities
+from vgg_jax.data.synthetic import draw, write_folder
+from vgg_jax.train.trainer import train
 
 pytestmark = pytest.mark.usefixtures("own_cache")  # conftest: a cache folder of this module's own
 
@@ -232,12 +233,12 @@ def test_package_surface():
 def test_inference_restores_the_params_alone_and_builds_no_optimizer(run, monkeypatch):
     """load_run reads the trained params by orbax's partial restore: they equal the full state's params, and
     no optimizer is built (make_optimizer would raise) nor optimizer state read."""
-    from vgg_jax import optim
-    from vgg_jax.checkpoint import Checkpoints
-    from vgg_jax.evaluate import load_run
-    from vgg_jax.freeze import split
-    from vgg_jax.network import build_model, init_params, resolve_weights
-    from vgg_jax.step import create_state
+    from vgg_jax.train import optim
+    from vgg_jax.train.checkpoint import Checkpoints
+    from vgg_jax.inference.evaluate import load_run
+    from vgg_jax.models.freeze import split
+    from vgg_jax.train.network import build_model, init_params, resolve_weights
+    from vgg_jax.train.step import create_state
 
     out = run
     cfg = TrainConfig.from_json(json.loads((out / "run.json").read_text())["config"])

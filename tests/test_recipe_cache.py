@@ -16,15 +16,15 @@ import pytest
 from PIL import Image
 
 from tests.conftest import SMALL
-from vgg_jax import features
-from vgg_jax.classifier import Classifier
-from vgg_jax.config import TrainConfig
+from vgg_jax.train import features
+from vgg_jax.models.classifier import Classifier
+from vgg_jax.train.config import TrainConfig
 from vgg_jax.errors import UserError
-from vgg_jax.evaluate import load_run
-from vgg_jax.network import build_model, init_params, resolve_weights
-from vgg_jax.step import dropout_keys
-from vgg_jax.synthetic import write_folder
-from vgg_jax.train import train
+from vgg_jax.inference.evaluate import load_run
+from vgg_jax.train.network import build_model, init_params, resolve_weights
+from vgg_jax.train.step import dropout_keys
+from vgg_jax.data.synthetic import write_folder
+from vgg_jax.train.trainer import train
 
 TOL = dict(rtol=1e-4, atol=1e-6)  # cached vs through-backbone: the same masks, float32 reordering only
 

@@ -3,7 +3,7 @@
 guaranteed mistake and a guaranteed tie between a positive and a negative score for the AUC.
 
 Every number in report.json is recomputed here from `predict --format full` over the same folder, with plain
-Python loops and brute-force references written independently of vgg_jax.report."""
+Python loops and brute-force references written independently of vgg_jax.inference.report."""
 
 from __future__ import annotations
 
@@ -21,13 +21,13 @@ from PIL import Image
 
 from tests.conftest import SMALL
 from tests.test_args import refused
-from vgg_jax import report
+from vgg_jax.inference import report
 from vgg_jax.cli import main
-from vgg_jax.config import TrainConfig
-from vgg_jax.evaluate import evaluate, predict
-from vgg_jax.resize import decode_resize
-from vgg_jax.synthetic import write_folder
-from vgg_jax.train import train
+from vgg_jax.train.config import TrainConfig
+from vgg_jax.inference.evaluate import evaluate, predict
+from vgg_jax.data.resize import decode_resize
+from vgg_jax.data.synthetic import write_folder
+from vgg_jax.train.trainer import train
 
 pytestmark = pytest.mark.usefixtures("own_cache")  # conftest: a cache folder of this module's own
 

@@ -11,9 +11,9 @@ from PIL import Image
 
 from vgg_jax import data
 from vgg_jax.errors import UserError
-from vgg_jax.image import load_image
-from vgg_jax.resize import DCT_MIN_REDUCTION, INTERPOLATIONS, PAD_FILL, RESIZE_MODES, decode, decode_resize
-from vgg_jax.resize import resize as resize_image
+from vgg_jax.data.image import load_image
+from vgg_jax.data.resize import DCT_MIN_REDUCTION, INTERPOLATIONS, PAD_FILL, RESIZE_MODES, decode, decode_resize
+from vgg_jax.data.resize import resize as resize_image
 
 SEED = 5
 S = 29  # odd on purpose: pad rounds, center-crop and squash scale by non-integers
@@ -105,7 +105,7 @@ def test_nearest_and_bilinear_differ_on_noise(images, resize):
 
 @pytest.mark.parametrize("interpolation", INTERPOLATIONS)
 def test_pad_borders_hold_the_rounded_mean_which_preprocessing_zeroes(tmp_path, interpolation):
-    from vgg_jax.preprocess import preprocess_input
+    from vgg_jax.models.preprocess import preprocess_input
 
     path = tmp_path / "wide.png"
     Image.fromarray(noise((32, 64, 3))).save(path)  # 2:1 -> 16x8 inside a 16x16 square, 4 rows above and below
@@ -230,7 +230,7 @@ def test_simplejpeg_decodes_the_pixels_pillow_decodes(photo, options):
     """JPEGs go through simplejpeg (libjpeg-turbo): the same pixels as Pillow's decoder, which Keras' load_img uses."""
     import io
 
-    from vgg_jax.resize import _simplejpeg
+    from vgg_jax.data.resize import _simplejpeg
 
     blob = photo if not options else reencoded(photo, **options)
     assert _simplejpeg(blob, 1) is not None  # the path under test is the one taken

@@ -18,10 +18,10 @@ import jax
 import numpy as np
 import pytest
 
-from vgg_jax.checkpoint import COMMIT, Checkpoints
+from vgg_jax.train.checkpoint import COMMIT, Checkpoints
 from vgg_jax.errors import UserError
-from vgg_jax.evaluate import evaluate, load_run
-from vgg_jax.synthetic import write_folder
+from vgg_jax.inference.evaluate import evaluate, load_run
+from vgg_jax.data.synthetic import write_folder
 
 ARGS = [
     "--weights", "random", "--arch", "vgg11", "--widths", "8,8,16,16,16", "--fc-units", "32", "--image-size", "32",

@@ -14,13 +14,13 @@ import jax
 import numpy as np
 import pytest
 
-from vgg_jax.checkpoint import COMMIT, Checkpoints
+from vgg_jax.train.checkpoint import COMMIT, Checkpoints
 from vgg_jax.cli import main
-from vgg_jax.config import TrainConfig
+from vgg_jax.train.config import TrainConfig
 from vgg_jax.errors import UserError
-from vgg_jax.evaluate import load_run
-from vgg_jax.synthetic import write_folder
-from vgg_jax.train import Diverged, train
+from vgg_jax.inference.evaluate import load_run
+from vgg_jax.data.synthetic import write_folder
+from vgg_jax.train.trainer import Diverged, train
 
 SMALL = dict(arch="vgg11", widths=(8, 8, 16, 16, 16), fc_units=32, image_size=32, batch_size=4, lr=3e-3)
 SMALL_ARGS = [
@@ -149,7 +149,7 @@ def test_diverging_run_never_checkpoints_nan_and_logs_valid_json(folder, tmp_pat
 
 
 def test_nan_validation_loss_stops_the_run(folder, tmp_path, monkeypatch):
-    import vgg_jax.train as trainer
+    import vgg_jax.train.trainer as trainer
 
     real = trainer.evaluate_batches
 
@@ -164,7 +164,7 @@ def test_nan_validation_loss_stops_the_run(folder, tmp_path, monkeypatch):
 
 
 def test_failed_start_leaves_nothing_behind(folder, tmp_path, monkeypatch):
-    import vgg_jax.train as trainer
+    import vgg_jax.train.trainer as trainer
 
     out = tmp_path / "run"
     with pytest.raises(UserError):

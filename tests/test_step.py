@@ -12,11 +12,11 @@ import optax
 import pytest
 
 from tests.conftest import SMALL_NET
-from vgg_jax.classifier import Classifier, image_apply_fn
-from vgg_jax.freeze import POLICIES, split
-from vgg_jax.optim import make_optimizer
-from vgg_jax.preprocess import preprocess_input
-from vgg_jax.step import create_state, dropout_keys, train_step
+from vgg_jax.models.classifier import Classifier, image_apply_fn
+from vgg_jax.models.freeze import POLICIES, split
+from vgg_jax.train.optim import make_optimizer
+from vgg_jax.models.preprocess import preprocess_input
+from vgg_jax.train.step import create_state, dropout_keys, train_step
 
 
 def small_batch(n=8, size=32, seed=0):

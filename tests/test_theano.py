@@ -10,13 +10,14 @@ import numpy as np
 import pytest
 from scipy import signal
 
-from convert import convert_file, legacy, load_keras
-from convert.mapping import fc1_rows_chw_to_hwc, oihw_to_hwio, rotate_180
-from convert.parity import rel_error
-from convert.source import open_source
+from vgg_jax.convert import convert_file, legacy, load_keras
+from vgg_jax.convert.mapping import fc1_rows_chw_to_hwc, oihw_to_hwio, rotate_180
+from vgg_jax.models.parity import rel_error
+from vgg_jax.convert.source import open_source
 from tests.keras_files import canonical_params
 from tests.test_parity_keras import ours
-from vgg_jax import arch, reference
+from vgg_jax.models import arch
+from vgg_jax.convert import reference
 
 
 def theano_conv_scipy(x_chw: np.ndarray, w_oihw: np.ndarray, b: np.ndarray) -> np.ndarray:

@@ -13,12 +13,12 @@ import numpy as np
 import pytest
 
 from tests.conftest import SMALL
-from vgg_jax.config import TrainConfig
+from vgg_jax.train.config import TrainConfig
 from vgg_jax.errors import UserError
-from vgg_jax.evaluate import evaluate, load_run, predict
-from vgg_jax.export import export
-from vgg_jax.synthetic import write_folder
-from vgg_jax.train import Diverged, train
+from vgg_jax.inference.evaluate import evaluate, load_run, predict
+from vgg_jax.inference.export import export
+from vgg_jax.data.synthetic import write_folder
+from vgg_jax.train.trainer import Diverged, train
 
 
 pytestmark = pytest.mark.usefixtures("own_cache")  # conftest: a cache folder of this module's own
@@ -108,7 +108,7 @@ def test_stale_or_foreign_cache_is_never_used(scratch_run, folder, tmp_path, cap
 
 
 def test_foreign_cache_metadata_is_rejected(tmp_path, monkeypatch):
-    from vgg_jax import features
+    from vgg_jax.train import features
 
     monkeypatch.setenv("VGG_JAX_CACHE", str(tmp_path))
     fields = {"weights": "a" * 64, "data": "x", "cut": "fc1"}

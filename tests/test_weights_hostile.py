@@ -16,11 +16,12 @@ import pytest
 from safetensors.numpy import save_file
 
 from tests.conftest import SMALL
-from vgg_jax import arch, features, params_io
+from vgg_jax.models import arch, params_io
+from vgg_jax.train import features
 from vgg_jax.cli import main
-from vgg_jax.config import TrainConfig
+from vgg_jax.train.config import TrainConfig
 from vgg_jax.errors import UserError
-from vgg_jax.synthetic import write_folder
+from vgg_jax.data.synthetic import write_folder
 
 WIDTHS = (8, 8, 16, 16, 16)
 SMALL_ARGS = ["--arch", "vgg11", "--widths", "8,8,16,16,16", "--fc-units", "32", "--image-size", "32",
@@ -202,7 +203,7 @@ def test_foreign_feature_cache_is_recomputed(damage):
 def test_trainer_recomputes_a_foreign_feature_cache(capsys, folder, tmp_path, monkeypatch):
     """End to end: the recipe's feature cache is filled, one split's file is replaced by a valid-looking one with
     other values, and the next run says so, recomputes, and stores the right features again."""
-    from vgg_jax.train import train
+    from vgg_jax.train.trainer import train
 
     monkeypatch.setenv("VGG_JAX_CACHE", str(tmp_path / "cache"))
     weights = tmp_path / "w.safetensors"

@@ -1,7 +1,7 @@
 """vgg-jax: Keras' ImageNet VGG16 ported exactly to Flax, for fast transfer learning in JAX.
 
 Imports are lazy so that `import vgg_jax` stays fast and the converter can use the
-pure-Python parts (`vgg_jax.arch`, `vgg_jax.params_io`) without loading jax.
+pure-Python parts (`vgg_jax.models.arch`, `vgg_jax.models.params_io`) without loading jax.
 """
 
 from importlib import import_module
@@ -9,18 +9,18 @@ from importlib import import_module
 __version__ = "0.2.0"
 
 _EXPORTS = {
-    "VGG": "vgg_jax.model",
+    "VGG": "vgg_jax.models.vgg",
     "VGG11": "vgg_jax.api",
     "VGG13": "vgg_jax.api",
     "VGG16": "vgg_jax.api",
     "VGG19": "vgg_jax.api",
-    "preprocess_input": "vgg_jax.preprocess",
-    "decode_predictions": "vgg_jax.classify",
-    "load_image": "vgg_jax.image",
-    "load": "vgg_jax.predictor",
-    "Predictor": "vgg_jax.predictor",
-    "load_params": ("vgg_jax.params_io", "load"),
-    "save_params": ("vgg_jax.params_io", "save"),
+    "preprocess_input": "vgg_jax.models.preprocess",
+    "decode_predictions": "vgg_jax.inference.classify",
+    "load_image": "vgg_jax.data.image",
+    "load": "vgg_jax.inference.predictor",
+    "Predictor": "vgg_jax.inference.predictor",
+    "load_params": ("vgg_jax.models.params_io", "load"),
+    "save_params": ("vgg_jax.models.params_io", "save"),
     "UserError": "vgg_jax.errors",
 }
 __all__ = sorted(_EXPORTS)

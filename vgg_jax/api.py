@@ -12,10 +12,10 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from vgg_jax import arch, params_io
-from vgg_jax.config import MIN_IMAGE_SIZE
+from vgg_jax.models import arch, params_io
+from vgg_jax.models.arch import MIN_IMAGE_SIZE
 from vgg_jax.errors import UserError
-from vgg_jax.model import POOLINGS, VGG
+from vgg_jax.models.vgg import POOLINGS, VGG
 from vgg_jax.paths import imagenet_params_path
 
 
@@ -43,10 +43,10 @@ def build(
       input_size: image side used to infer fc1's shape (must be 224 with the ImageNet top).
       input_shape: Keras' alternative to input_size: (size, size, 3), or (None, None, 3) without a top.
 
-    Returns (module, params). Usually a `VGG` (`vgg_jax.model`): preprocessed images -> softmax
+    Returns (module, params). Usually a `VGG` (`vgg_jax.models.vgg`): preprocessed images -> softmax
     probabilities [B, classes] (logits with classifier_activation=None), or block5 features without the
     top. With include_top and an exported file (it has a trained `head`), the transfer `Classifier`
-    (`vgg_jax.classifier`) that run trained, rebuilt from the file's metadata: preprocessed images
+    (`vgg_jax.models.classifier`) that run trained, rebuilt from the file's metadata: preprocessed images
     [B, S, S, 3] -> float32 logits [B, 1] (sigmoid head, two classes) or [B, classes] (softmax); `classes`,
     `pooling` and `classifier_activation` do not apply to it, and `vgg_jax.load(path)` gives its class
     names and a ready `predict`.
@@ -77,7 +77,7 @@ def build(
 def _imagenet(name: str, include_top: bool) -> Path:
     """The official ImageNet params, downloaded, md5-checked and converted on first use, as Keras does; a full
     file already cached serves include_top=False too."""
-    from convert.download import imagenet_params
+    from vgg_jax.convert.download import imagenet_params
 
     if name not in ("vgg16", "vgg19"):
         raise UserError(f"weights='imagenet': Keras publishes ImageNet weights for vgg16 and vgg19 only, not {name}")
@@ -88,7 +88,7 @@ def _imagenet(name: str, include_top: bool) -> Path:
 
 def _exported(name: str, path: str | os.PathLike, size: int | None, dtype: Any) -> tuple[nn.Module, dict]:
     """The Classifier and params of an exported file, checked against the factory's architecture and input size."""
-    from vgg_jax.predictor import read_export
+    from vgg_jax.inference.predictor import read_export
 
     model, params, cfg, _ = read_export(path, name)
     if size is not None and size != cfg.image_size and cfg.top == "fc":

@@ -10,15 +10,15 @@ from vgg_jax.errors import UserError
 
 
 def _convert(args: argparse.Namespace) -> int:
-    from convert.cli import run
+    from vgg_jax.convert.cli import run
 
     return run(args)
 
 
 def _classify(args: argparse.Namespace) -> int:
-    from vgg_jax import params_io
-    from vgg_jax.classify import top_k
-    from vgg_jax.image import load_image
+    from vgg_jax.models import params_io
+    from vgg_jax.inference.classify import top_k
+    from vgg_jax.data.image import load_image
 
     if args.top < 1:
         raise UserError(f"--top must be an integer >= 1. Received: {args.top}")
@@ -26,7 +26,7 @@ def _classify(args: argparse.Namespace) -> int:
     weights = Path(args.weights)
     random = False
     if weights.suffix in (".h5", ".keras"):
-        from convert import load_keras
+        from vgg_jax.convert import load_keras
 
         params, report = load_keras(weights)
         arch_name = report.architecture
@@ -49,7 +49,7 @@ def _params_file(spec: str | None) -> str | None:
     """A Keras weights file is converted once into the cache; params files and "imagenet"/None pass through."""
     if spec is None or Path(spec).suffix not in (".h5", ".keras"):
         return spec
-    from convert import convert_file, sha256
+    from vgg_jax.convert import convert_file, sha256
     from vgg_jax.paths import cache_dir
 
     if not Path(spec).is_file():
@@ -61,7 +61,7 @@ def _params_file(spec: str | None) -> str | None:
 
 
 def _train_config(args: argparse.Namespace):
-    from vgg_jax.config import TrainConfig
+    from vgg_jax.train.config import TrainConfig
 
     return TrainConfig(
         data=args.data,
@@ -126,10 +126,10 @@ def _train(args: argparse.Namespace) -> int:
     _check_run_folder(cfg.out)
     cfg = cfg.replace(weights=_params_file(cfg.weights))
     if args.distributed:
-        from vgg_jax.parallel import init_distributed
+        from vgg_jax.train.parallel import init_distributed
 
         init_distributed(args.coordinator, args.num_processes, args.process_id)
-    from vgg_jax.train import train
+    from vgg_jax.train.trainer import train
 
     train(cfg, resume=args.resume, overwrite=args.overwrite)
     return 0
@@ -141,7 +141,7 @@ def _check_batch_size(value: int | None) -> None:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from vgg_jax.evaluate import evaluate
+    from vgg_jax.inference.evaluate import evaluate
 
     _check_batch_size(args.batch_size)
     evaluate(args.run, args.data, args.split, args.batch_size, report_dir=args.report, top_losses=args.top_losses)
@@ -149,7 +149,7 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def _predict(args: argparse.Namespace) -> int:
-    from vgg_jax.evaluate import predict
+    from vgg_jax.inference.evaluate import predict
     from vgg_jax.fileio import check_writable
 
     _check_batch_size(args.batch_size)
@@ -161,16 +161,24 @@ def _predict(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from vgg_jax.export import export
+    from vgg_jax.inference.export import export
 
     export(args.run, args.output, args.which, fmt=args.format)
     return 0
 
 
 def _bench(args: argparse.Namespace) -> int:
-    from vgg_jax.bench import run
+    """A thin shim: the benchmark code lives in the checkout's benchmarks/, not in the installed package."""
+    root = Path(__file__).resolve().parents[1]
+    if not (root / "benchmarks" / "throughput.py").is_file():
+        raise UserError(
+            f"{root / 'benchmarks'}: not found; `vgg-jax bench` runs from a source checkout (pip install -e .)"
+        )
+    if str(root) not in sys.path:
+        sys.path.insert(0, str(root))
+    from benchmarks.throughput import main
 
-    return run(args)
+    return main(args.args)
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -180,8 +188,8 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from convert.cli import Parser
-    from convert.cli import add_arguments as convert_arguments
+    from vgg_jax.convert.cli import Parser
+    from vgg_jax.convert.cli import add_arguments as convert_arguments
 
     parser = Parser(
         prog="vgg-jax", description="Keras VGG16 weights in JAX/Flax: convert, classify, train."
@@ -239,10 +247,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--which", choices=["best", "latest"], default="best", help="checkpoint to export")
     p.set_defaults(func=_export)
 
-    p = sub.add_parser("bench", help="images/s of our inference and train-step variants on this machine's devices")
-    from vgg_jax.bench import add_arguments as bench_arguments
-
-    bench_arguments(p)
+    p = sub.add_parser(
+        "bench", add_help=False, help="images/s of our inference and train-step variants (benchmarks/throughput.py)"
+    )
     p.set_defaults(func=_bench)
 
     p = sub.add_parser("demo", help="the README's main job: port VGG16 weights and check parity (offline-safe)")
@@ -256,10 +263,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _train_arguments(p: argparse.ArgumentParser) -> None:
-    from vgg_jax import config
-    from vgg_jax.arch import DEPTHS
-    from vgg_jax.freeze import POLICIES
-    from vgg_jax.resize import RESIZE_MODES
+    from vgg_jax.train import config
+    from vgg_jax.models.arch import DEPTHS
+    from vgg_jax.models.freeze import POLICIES
+    from vgg_jax.data.resize import RESIZE_MODES
 
     p.add_argument(
         "--data",
@@ -378,7 +385,12 @@ def enable_compilation_cache() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser()
+    if argv[:1] == ["bench"]:  # every argument after `bench` belongs to benchmarks/throughput.py's own parser
+        args = argparse.Namespace(command="bench", func=_bench, args=argv[1:])
+    else:
+        args = parser.parse_args(argv)
     if args.command not in ("convert",):  # convert never touches jax
         enable_compilation_cache()
     try:

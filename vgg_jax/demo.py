@@ -20,7 +20,7 @@ RULE = "-" * 78
 
 def resolve_weights(weights: str | None, out: Path, offline: bool) -> tuple[Path, str]:
     """(weights file, how it was found). Order: argument, $VGG_JAX_WEIGHTS, cache, download, random."""
-    from convert import download, legacy
+    from vgg_jax.convert import download, legacy
 
     if weights or (weights := os.environ.get("VGG_JAX_WEIGHTS")):
         return Path(weights), "given"
@@ -60,8 +60,9 @@ def run(
 
 
 def port(source: Path, out: Path, images: int) -> tuple[Path, bool]:
-    from convert import convert_file, parity
-    from vgg_jax import params_io
+    from vgg_jax.convert import convert_file
+    from vgg_jax.models import parity
+    from vgg_jax.models import params_io
 
     start = time.perf_counter()
     params_path = out / "vgg16.safetensors"
@@ -80,17 +81,17 @@ def port(source: Path, out: Path, images: int) -> tuple[Path, bool]:
 
 def mark_random(params_path: Path) -> None:
     """Records "weights": "random" in the params file's metadata: every command then labels its backbone RANDOM."""
-    from vgg_jax import params_io
+    from vgg_jax.models import params_io
 
     meta = {k: v for k, v in params_io.read_metadata(params_path).items() if k != "format"}
     params_io.save(params_path, params_io.load(params_path), {**meta, "weights": "random"})
 
 
 def recipe(params_path: Path, out: Path, random: bool) -> None:
-    from vgg_jax.config import TrainConfig
-    from vgg_jax.evaluate import evaluate, predict
-    from vgg_jax.synthetic import write_folder
-    from vgg_jax.train import train
+    from vgg_jax.train.config import TrainConfig
+    from vgg_jax.inference.evaluate import evaluate, predict
+    from vgg_jax.data.synthetic import write_folder
+    from vgg_jax.train.trainer import train
 
     data = out / "data"
     if not (data / "train").exists():

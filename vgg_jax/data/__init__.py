@@ -5,7 +5,7 @@
     for batch in train_batches(source, 32, seed=0, epoch=e): ...
 
 Modules: source (`Source`), folder (folder layouts), checks (broken-file checks), decode (one example:
-vgg_jax.resize + augmentation), batching (plans, and grain running them), tfds (tfds:NAME, under the
+vgg_jax.data.resize + augmentation), batching (plans, and grain running them), tfds (tfds:NAME, under the
 `tfds` extra). Orders are index arithmetic in numpy, so a batch's contents are a pure function of
 (seed, epoch, step, process) and a resumed run jumps to `start_batch` without decoding what it skips.
 Importing this package loads neither jax, grain nor tensorflow: process_index/process_count are ints.

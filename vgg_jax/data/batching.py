@@ -67,7 +67,7 @@ def train_batches(
     Global step s takes positions [s*B*P, (s+1)*B*P) of a permutation drawn from (seed, epoch);
     process p gets the p-th block of B, so processes read disjoint shards. `mask` is all True
     unless a file failed to decode (then its slot is zeroed and masked: weight the loss by mask).
-    Images are decoded and resized by vgg_jax.resize (`resize` mode, `interpolation`), as `load_image` does.
+    Images are decoded and resized by vgg_jax.data.resize (`resize` mode, `interpolation`), as `load_image` does.
     `threads` decode in this process (default: its cores); `workers` > 0 decode in that many spawned processes
     instead, each batch whole in one of them (so a script asking for them needs `if __name__ == "__main__":`);
     None: one per core for a pass of WORKER_MIN_IMAGES or more on WORKER_MIN_CORES or more, else none (the trainer's).
@@ -112,7 +112,7 @@ def eval_batches(
 
     All processes yield `eval_steps(...)` batches of exactly `batch_size`, so nothing recompiles and
     multi-host collectives stay in step. Padding has image 0, label 0, id "".
-    Images are decoded and resized by vgg_jax.resize (`resize` mode, `interpolation`), as `load_image` does.
+    Images are decoded and resized by vgg_jax.data.resize (`resize` mode, `interpolation`), as `load_image` does.
     `threads` and `workers` as in `train_batches`.
     """
     _check_batching(source, batch_size, process_index, process_count)
@@ -133,7 +133,7 @@ def _streamed(source: Source) -> bool:
 
 def _loader(source: Source, size: int, resize: str, interpolation: str, augment_key: int | None) -> Loader:
     """The Loader of `source` at these options, checked: a bad option is a UserError before anything is read."""
-    from vgg_jax.resize import check_options
+    from vgg_jax.data.resize import check_options
 
     check_options(resize, interpolation)
     if source.tfds is None:

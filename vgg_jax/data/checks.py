@@ -32,7 +32,7 @@ _JPEG_SEGMENTS = 512  # a hostile JPEG gets this many segment headers read, no m
 
 
 def check_image_file(path: str | os.PathLike) -> str | None:
-    """None if the file looks decodable by the pipeline (vgg_jax.resize), else a short reason ("zero bytes", ...)."""
+    """None if the file looks decodable by the pipeline (vgg_jax.data.resize), else a short reason ("zero bytes", ...)."""
     try:
         with open(path, "rb") as f:
             size = os.fstat(f.fileno()).st_size

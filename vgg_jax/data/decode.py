@@ -1,4 +1,4 @@
-"""One example -> {"image": uint8 [S, S, 3], "label", "mask"}: vgg_jax.resize's decode + resize, then seeded augmentation.
+"""One example -> {"image": uint8 [S, S, 3], "label", "mask"}: vgg_jax.data.resize's decode + resize, then seeded augmentation.
 
 `Loader` runs inside grain's threads and worker processes, so it is a picklable dataclass of plain
 data and it never raises for a bad file: a file that fails to decode comes back masked (mask False,
@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from vgg_jax import resize as resizing
+from vgg_jax.data import resize as resizing
 
 AUGMENT_ZOOM = 256 / 224  # augmentation resizes to 256 for a 224 crop, the classic ImageNet recipe
 PADDING = -1  # a plan entry that is no example: the masked slots that fill the last eval batch

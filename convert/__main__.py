@@ -1,5 +1,0 @@
-import sys
-
-from convert.cli import main
-
-sys.exit(main())

@@ -1,0 +1,1 @@
+"""Using a trained run: evaluation reports, predictions, the Predictor and exports."""

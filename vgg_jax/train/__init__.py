@@ -1,0 +1,1 @@
+"""Training: the run's setup, the jitted steps, sharding, checkpoints, the run folder and the trainer."""
