@@ -5,7 +5,7 @@ Keras, and the block5 fine-tune with and without the block4_pool cache. One run,
 
 Every figure comes from `vgg_jax.train.trainer.train` on real JPEG files: epoch times are read by wrapping the trainer's
 own `_run_epoch` (host gather from the memory-mapped cache, transfer, step, loop; validation excluded), the
-one-time backbone pass by wrapping `_cached_features`, and end-to-end times are the wall time of `train()`
+one-time backbone pass by wrapping `feed.cached_features`, and end-to-end times are the wall time of `train()`
 from an empty cache. Weights are random (timing does not depend on their values; the ImageNet file cannot be
 downloaded here). Keras runs benchmarks/peers_recipe_keras.py (Keras 3 / TF, the recipe's script) as a child.
 Writes benchmarks/cache_results.json and benchmarks/CACHE_RESULTS.md, and prints the table.
@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
-from vgg_jax.train import trainer
+from vgg_jax.train import feed, trainer
 from vgg_jax.train.config import TrainConfig
 from vgg_jax.data.synthetic import write_folder
 
@@ -51,7 +51,7 @@ class Timer:
     def __init__(self):
         self.epochs: list[float] = []
         self.feature_pass: list[float] = []
-        self._run_epoch, self._cached = trainer._run_epoch, trainer._cached_features
+        self._run_epoch, self._cached = trainer._run_epoch, feed.cached_features
 
     def __enter__(self):
         def run_epoch(*args, **kwargs):
@@ -69,11 +69,11 @@ class Timer:
             self.feature_pass.append(time.perf_counter() - t0)
             return out
 
-        trainer._run_epoch, trainer._cached_features = run_epoch, cached
+        trainer._run_epoch, feed.cached_features = run_epoch, cached
         return self
 
     def __exit__(self, *exc):
-        trainer._run_epoch, trainer._cached_features = self._run_epoch, self._cached
+        trainer._run_epoch, feed.cached_features = self._run_epoch, self._cached
 
 
 def run_ours(data: Path, work: Path, name: str, changes: dict, cache: bool, epochs: int, shape: dict, batch: int) -> dict:

@@ -21,13 +21,12 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from functools import partial
 
 import numpy as np
 
 VARIANTS = ("infer", "frozen", "block5", "full", "naive")
 FREEZE = {"frozen": "fc2", "block5": "block4", "full": "none", "naive": "fc2"}
-TINY = {"depths": (1, 1, 1, 1, 1), "widths": (8, 8, 16, 16, 16), "fc_units": 32}
+TINY = {"arch": "vgg11", "widths": (8, 8, 16, 16, 16), "fc_units": 32}  # TrainConfig fields of a smoke-test VGG
 
 
 def compiler_options(xla: str) -> dict | None:
@@ -120,65 +119,38 @@ def _he_params(model, image_size: int, seed: int) -> dict:
 
 def build(variant: str, batch: int, dtype: str = "float32", tiny: bool = False, image_size: int | None = None,
           seed: int = 0, xla: str = "tuned") -> Case:  # fmt: skip
-    """Compiles `variant` at `batch` images per step on all local devices (batch split over them)."""
+    """Compiles `variant` at `batch` images per step on all local devices (batch split over them), set up by
+    the trainer's own `build_run` (He-scaled params given, an optimizer for the train variants)."""
     import jax
-    import jax.numpy as jnp
-    import optax
 
     from vgg_jax.models import arch
     from vgg_jax.train import parallel
-    from vgg_jax.models.classifier import Classifier, image_apply_fn
-    from vgg_jax.models.freeze import split
-    from vgg_jax.train.optim import make_optimizer
-    from vgg_jax.train.step import create_state, eval_step, train_step
+    from vgg_jax.train.config import TrainConfig
+    from vgg_jax.train.network import build_model
+    from vgg_jax.train.setup import build_run, optimizer_for
 
     if variant not in VARIANTS:
         raise ValueError(f"variant must be one of {VARIANTS}. Received: {variant!r}")
     size = image_size or (32 if tiny else arch.IMAGE_SIZE)
-    shape = TINY if tiny else {"depths": arch.DEPTHS["vgg16"], "widths": arch.WIDTHS, "fc_units": arch.FC_UNITS}
-    compute = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[dtype]
-    model = Classifier(**shape, dtype=compute)
-    params = he_params(model, size, seed)
+    freeze = "none" if variant == "naive" else FREEZE.get(variant, "fc2")  # naive: differentiate everything
+    cfg = TrainConfig(data="-", out="-", **(TINY if tiny else {}), image_size=size, dtype=dtype, seed=seed,
+                      freeze_through=freeze)  # fmt: skip
     mesh = parallel.make_mesh()
     parallel.check_batch_size(batch, mesh, "batch")
+    model = build_model(cfg, 2)
+    params = jax.tree.map(np.array, he_params(model, size, seed))  # donated below: never alias the cached params
+    optimizer = None if variant == "infer" else naive_optimizer if variant == "naive" else optimizer_for(cfg, 1)
+    run = build_run(cfg, mesh, 2, params=params, optimizer=optimizer)
+    del params
     rng = np.random.default_rng(seed + 1)
     labels = {"label": rng.integers(0, 2, batch).astype(np.int32), "mask": np.ones(batch, bool)}
-    trainable, frozen = split(params, FREEZE.get(variant, "fc2"))
-    trainable = jax.tree.map(np.array, trainable)  # donated below: never let it alias the cached params
-    del params
     inputs = rng.integers(0, 256, (batch, size, size, 3), dtype=np.uint8)
-    apply_fn = image_apply_fn(model)
     x = parallel.shard_batch({"inputs": inputs, **labels}, mesh)
-    if variant == "naive":  # PEERS.md d1b: differentiate everything, zero the frozen updates afterwards
-        mask = {k: jax.tree.map(lambda _, f=k not in trainable: f, v) for k, v in {**frozen, **trainable}.items()}
-        trainable, frozen = jax.tree.map(np.array, {**frozen, **trainable}), {}
-        tx = optax.chain(optax.adam(1e-3), optax.masked(optax.set_to_zero(), mask))
-    else:
-        tx = make_optimizer(trainable)
-    frozen = parallel.put(frozen, parallel.shardings_for(frozen, mesh))
-    macs_args = (shape["depths"], shape["widths"], shape["fc_units"], size)
+    macs_args = (model.depths, model.widths, model.fc_units, size)
     if variant == "infer":
-        trainable = parallel.put(trainable, parallel.shardings_for(trainable, mesh))
-        fn = parallel.jit_eval(
-            partial(eval_step, apply_fn=apply_fn),
-            parallel.shardings_for(trainable, mesh),
-            parallel.shardings_for(frozen, mesh),
-            mesh,
-            tuned=xla == "tuned",
-        )
-        args = [trainable, frozen, x]
+        fn, args = run.eval_fn(tuned=xla == "tuned"), [run.params, run.frozen, x]
     else:
-        state = create_state(trainable, tx, seed)
-        state_sh = parallel.shardings_for(state, mesh)
-        state = parallel.put(state, state_sh)
-        fn = parallel.jit_step(
-            partial(train_step, apply_fn=apply_fn, tx=tx),
-            state_sh,
-            parallel.shardings_for(frozen, mesh),
-            mesh,
-            tuned=xla == "tuned",
-        )
-        args = [state, frozen, x]
+        fn, args = run.step_fn(tuned=xla == "tuned"), [run.state, run.frozen, x]
     t0 = time.perf_counter()
     lowered = fn.lower(*args)
     t1 = time.perf_counter()
@@ -192,6 +164,19 @@ def build(variant: str, batch: int, dtype: str = "float32", tiny: bool = False, 
         jax.block_until_ready(out)
 
     return Case(variant, batch, dtype, gflop_per_image(variant, *macs_args), t2 - t1, t1 - t0, step, args)
+
+
+def naive_optimizer(params: dict):
+    """PEERS.md d1b, the reference a frozen step is measured against: Adam over ALL params, then the updates of
+    the layers --freeze-through fc2 would freeze zeroed (their gradients are still computed)."""
+    import jax
+    import optax
+
+    from vgg_jax.models.freeze import split
+
+    trainable, _ = split(params, "fc2")
+    mask = {k: jax.tree.map(lambda _, frozen=k not in trainable: frozen, v) for k, v in params.items()}
+    return optax.chain(optax.adam(1e-3), optax.masked(optax.set_to_zero(), mask))
 
 
 def cpu_busy() -> tuple[float, float] | None:

@@ -174,7 +174,7 @@ def test_failed_start_leaves_nothing_behind(folder, tmp_path, monkeypatch):
     def broken(*args, **kwargs):
         raise RuntimeError("out of memory (simulated)")
 
-    monkeypatch.setattr(trainer, "create_state", broken)  # fails after the run folder was opened
+    monkeypatch.setattr(trainer, "Checkpoints", broken)  # fails after the run folder was opened
     with pytest.raises(RuntimeError):
         train(cfg(folder, out))
     assert not out.exists(), list(out.iterdir())

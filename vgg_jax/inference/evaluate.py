@@ -12,16 +12,14 @@ import numpy as np
 
 from vgg_jax.train import parallel, rundir
 from vgg_jax.train.checkpoint import Checkpoints
-from vgg_jax.models.classifier import image_apply_fn
 from vgg_jax.train.config import TrainConfig
 from vgg_jax.data.source import printable
 from vgg_jax.errors import UserError
 from vgg_jax.fileio import atomic_path, check_writable
-from vgg_jax.models.freeze import split
-from vgg_jax.train.network import Weights, build_model, init_params, resolve_weights
+from vgg_jax.train.network import Weights, resolve_weights
+from vgg_jax.train.setup import build_run
 from vgg_jax.paths import cache_dir, file_digest
-from vgg_jax.train.rundir import say
-from vgg_jax.train.step import eval_step
+from vgg_jax.log import say
 from vgg_jax.train.trainer import evaluate_batches
 
 
@@ -39,24 +37,17 @@ def load_run(run_dir: str | Path, weights: str | None = None, which: str | int =
             f"{resolved.path}: not the weights file run {run_dir} was trained with (sha256 differs); pass --weights"
         )
     classes = info["classes"]
-    probe = build_model(cfg, len(classes))
-    trainable, frozen = split(init_params(probe, cfg, resolved), cfg.freeze_through)
-    model = probe
-    mesh = parallel.make_mesh()
-    params_sh = parallel.shardings_for(trainable, mesh, cfg.shard_fc)
+    run = build_run(cfg, parallel.make_mesh(), len(classes), resolved)  # inference: no optimizer is built
     checkpoints = Checkpoints(Path(run_dir) / "checkpoints", cfg.keep_checkpoints)
-    try:  # the trained params alone: no optimizer is built, no optimizer state is read
-        found = checkpoints.restore_good(parallel.put(trainable, params_sh), which, say=say, params_only=True)
+    try:  # the trained params alone: no optimizer state is read
+        found = checkpoints.restore_good(run.params, which, say=say, params_only=True)
     finally:
         checkpoints.close()
     if found is None:
         raise UserError(f"{run_dir}: no usable checkpoint yet; train first (or --resume the run)")
     step, params, _ = found
-    frozen_sh = parallel.shardings_for(frozen, mesh, cfg.shard_fc)
-    frozen = parallel.put(frozen, frozen_sh)
     say(f"{run_dir}: checkpoint step {step}; weights: {resolved.label}")
-    eval_fn = parallel.jit_eval(partial(eval_step, apply_fn=image_apply_fn(model)), params_sh, frozen_sh, mesh)
-    return cfg, classes, RunModel(eval_fn, mesh, step), params, frozen
+    return cfg, classes, RunModel(run.eval_fn(), run.mesh, step, run.model), params, run.frozen
 
 
 def _run_weights(run_dir: str | Path, recorded: dict, weights: str | None) -> Weights:
@@ -84,11 +75,13 @@ def _cached_by_sha256(sha256: str) -> Path | None:
 
 @dataclass(frozen=True)
 class RunModel:
-    """A restored run's jitted eval function, the mesh its arrays live on, and the checkpoint step restored."""
+    """A restored run's jitted eval function, the mesh its arrays live on, the checkpoint step restored, and
+    the flax Classifier."""
 
     eval_fn: Any
     mesh: Any
     step: int
+    model: Any
 
 
 def evaluate(

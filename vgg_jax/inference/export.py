@@ -17,7 +17,7 @@ from vgg_jax.errors import UserError
 from vgg_jax.inference.evaluate import load_run
 from vgg_jax.fileio import atomic_path, check_writable
 from vgg_jax.train.network import resolve_weights
-from vgg_jax.train.rundir import say
+from vgg_jax.log import say
 
 FORMATS = ("params", "keras", "weights.h5", "stablehlo", "savedmodel")
 SUFFIXES = {".safetensors": "params", ".keras": "keras", ".weights.h5": "weights.h5", ".jaxexport": "stablehlo"}

@@ -166,14 +166,11 @@ def _refuse(path: str | os.PathLike, what: str) -> NoReturn:
 def _from_run(run_dir: Path, batch_size: int) -> Predictor:
     from vgg_jax.inference.evaluate import load_run
     from vgg_jax.models.freeze import merge
-    from vgg_jax.train.network import build_model
     from vgg_jax.train.parallel import to_host
 
-    cfg, classes, _, trainable, frozen = load_run(run_dir)
+    cfg, classes, restored, trainable, frozen = load_run(run_dir)
     params = to_host(merge(trainable, frozen))
-    return Predictor(
-        build_model(cfg, len(classes)), params, classes, cfg.image_size, cfg.resize, cfg.interpolation, batch_size
-    )
+    return Predictor(restored.model, params, classes, cfg.image_size, cfg.resize, cfg.interpolation, batch_size)
 
 
 def export_metadata(cfg: TrainConfig, classes: Sequence[str], source: str) -> dict[str, Any]:

@@ -15,7 +15,7 @@ from vgg_jax.models.classifier import Classifier, cut_shape
 from vgg_jax.train.config import TrainConfig
 from vgg_jax.errors import UserError
 from vgg_jax.paths import file_digest, imagenet_params_path
-from vgg_jax.train.rundir import say as say_line
+from vgg_jax.log import say as say_line
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 

@@ -8,6 +8,7 @@ device is just a mesh of one. Multi-host: each process passes its own rows to `s
 from __future__ import annotations
 
 import collections
+import dataclasses
 import functools
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
@@ -41,6 +42,36 @@ def _cpu_options_known() -> bool:
     except Exception:  # noqa: BLE001
         return False
     return True
+
+
+@dataclasses.dataclass(frozen=True)
+class Topology:
+    """Devices and processes a run spans, and this process's share of every global batch."""
+
+    mesh: Mesh
+    process_index: int
+    process_count: int
+
+    @classmethod
+    def current(cls) -> Topology:
+        return cls(make_mesh(), jax.process_index(), jax.process_count())
+
+    @property
+    def lead(self) -> bool:
+        """The first process: the one that writes files and talks."""
+        return self.process_index == 0
+
+    def local(self, global_batch: int, what: str) -> int:
+        """This process's rows of a global batch (UserError when the batch does not split evenly)."""
+        check_batch_size(global_batch, self.mesh, what)
+        return global_batch // self.process_count
+
+    def sync(self, name: str) -> None:
+        """Waits for every process at the barrier `name` (nothing to wait for in one process)."""
+        if self.process_count > 1:
+            from jax.experimental import multihost_utils
+
+            multihost_utils.sync_global_devices(name)
 
 
 def make_mesh(devices: list | None = None) -> Mesh:

@@ -9,7 +9,6 @@ import json
 import math
 import os
 import shutil
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -203,11 +202,3 @@ class Metrics:
         with atomic_path(path) as tmp:
             fig.savefig(tmp, format="png", dpi=90)
         plt.close(fig)
-
-
-LEAD = True  # False on every process but the first of a multi-host job: only the first one talks
-
-
-def say(message: str) -> None:
-    if LEAD:
-        print(message, flush=True, file=sys.stdout)
