@@ -18,7 +18,8 @@ from vgg_jax.data.source import printable
 from vgg_jax.errors import UserError
 from vgg_jax.fileio import atomic_path, check_writable
 from vgg_jax.models.freeze import split
-from vgg_jax.train.network import Weights, build_model, init_params, resolve_weights
+from vgg_jax.models.weights import Weights, resolve_weights
+from vgg_jax.train.network import build_model, init_params
 from vgg_jax.paths import cache_dir, file_digest
 from vgg_jax.train.rundir import say
 from vgg_jax.train.step import eval_step

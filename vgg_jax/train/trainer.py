@@ -27,7 +27,8 @@ from vgg_jax.models.classifier import Classifier, apply_fn, cut_shape
 from vgg_jax.train.config import TrainConfig
 from vgg_jax.errors import UserError
 from vgg_jax.models.freeze import parse_lr_mults, split
-from vgg_jax.train.network import build_model, init_params, param_bytes, resolve_weights
+from vgg_jax.models.weights import resolve_weights
+from vgg_jax.train.network import build_model, init_params, param_bytes
 from vgg_jax.train.optim import make_optimizer
 from vgg_jax.train.rundir import say
 from vgg_jax.train.step import create_state, eval_step, train_step
