@@ -42,7 +42,8 @@ def small_weights_file(tmp_path_factory):
     for the ImageNet file in trainer tests; the trainer gives the head a fresh init."""
     from vgg_jax.models import params_io
     from vgg_jax.train.config import TrainConfig
-    from vgg_jax.train.network import build_model, init_params, resolve_weights
+    from vgg_jax.models.weights import resolve_weights
+    from vgg_jax.train.network import build_model, init_params
     from vgg_jax.train.parallel import to_host
 
     cfg = TrainConfig(data="unused", out="unused", arch="vgg11", widths=(8, 8, 16, 16, 16), fc_units=32,

@@ -5,9 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from vgg_jax.convert import convert_file, legacy
+from tests.conftest import SMALL
 from vgg_jax import VGG11, VGG16, UserError
-from vgg_jax.models import params_io
+from vgg_jax.convert import convert_file, legacy
+from vgg_jax.models import arch, params_io
+from vgg_jax.models.classifier import Classifier
+from vgg_jax.models.weights import resolve_weights
+from vgg_jax.train.config import TrainConfig
+from vgg_jax.train.network import build_model, init_params
 
 
 @pytest.fixture(scope="module")
@@ -67,3 +72,70 @@ def test_not_a_params_file(tmp_path):
     bad.write_bytes(b"garbage")
     with pytest.raises(UserError, match="not a readable safetensors params file"):
         VGG16(weights=bad)
+
+
+def _train_init(path, **fields):
+    """The trainer's params for `path` (the command lines' wording of refusals)."""
+    cfg = TrainConfig(data="unused", out="unused", weights=str(path), **fields)
+    return init_params(build_model(cfg, 2), cfg, resolve_weights(cfg.weights, cfg.arch, cfg.top == "fc"))
+
+
+def test_one_loader_words_an_architecture_mismatch_for_each_caller(vgg11_file):
+    """The factories and the trainer share load_backbone; each names the choice in its own terms."""
+    path, _ = vgg11_file
+    with pytest.raises(UserError, match=r"holds vgg11 params, not vgg16$"):
+        VGG16(weights=path)
+    with pytest.raises(UserError, match=r"holds vgg11 params, but --arch is vgg16$"):
+        _train_init(path, arch="vgg16")
+
+
+def test_one_loader_words_a_no_top_file_for_each_caller(tmp_path):
+    """A file without fc1/fc2/predictions (refused before any shape is read, so tiny arrays do)."""
+    notop = tmp_path / "notop.safetensors"
+    names = {k.split("/")[0] for k in arch.param_shapes(arch.DEPTHS["vgg11"], include_top=False)}
+    params_io.save(notop, {n: {"kernel": np.zeros(1), "bias": np.zeros(1)} for n in names}, {"architecture": "vgg11"})
+    with pytest.raises(UserError, match="it is a no-top file; use include_top=False or the full weights file$"):
+        VGG11(weights=notop)
+    with pytest.raises(UserError, match="it is a no-top file; --top fc needs fc1/fc2: use the full file or --top avg$"):
+        _train_init(notop, arch="vgg11")
+
+
+def test_one_imagenet_resolution_words_refusals_for_each_caller(tmp_path, monkeypatch):
+    """Another architecture, then a failed download: the command lines' wording adds what to pass instead."""
+    with pytest.raises(UserError, match=r"^weights='imagenet': Keras publishes .* not vgg11$"):
+        VGG11(weights="imagenet")
+    with pytest.raises(UserError, match=r"^--weights imagenet: .* not vgg11; pass --weights random or a params file$"):
+        resolve_weights("imagenet", "vgg11")
+    monkeypatch.setenv("VGG_JAX_CACHE", str(tmp_path))
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras_home"))
+    monkeypatch.setenv("VGG_JAX_WEIGHTS_BASE_URL", "http://127.0.0.1:9/")
+    with pytest.raises(UserError) as library:
+        VGG16(weights="imagenet")
+    with pytest.raises(UserError) as flags:
+        resolve_weights("imagenet", "vgg16")
+    assert str(flags.value) == f"{library.value}; or train a random backbone with --weights random"
+
+
+def test_an_export_with_the_flat_keras_names_loads(tmp_path):
+    """A `vgg-jax export` file as every version wrote it (flat Keras names plus `head`, from the converter's
+    table, not from the module) loads into the Classifier array for array."""
+    shapes = arch.param_shapes(
+        arch.DEPTHS["vgg11"], widths=SMALL["widths"], fc_units=SMALL["fc_units"], image_size=SMALL["image_size"]
+    )
+    shapes = {k: v for k, v in shapes.items() if not k.startswith("predictions/")}
+    shapes |= {"head/kernel": (SMALL["fc_units"], 1), "head/bias": (1,)}
+    rng = np.random.default_rng(5)
+    flat = {k: rng.standard_normal(v).astype(np.float32) for k, v in shapes.items()}
+    meta = {"architecture": "vgg11", "classes": ["cats", "dogs"], "head_units": 1, "image_size": SMALL["image_size"],
+            "resize": "squash", "interpolation": "nearest", "top": "fc", "dtype": "float32",
+            "widths": list(SMALL["widths"]), "fc_units": SMALL["fc_units"]}  # fmt: skip
+    path = tmp_path / "export.safetensors"
+    params_io.save(path, params_io.unflatten(flat), meta)
+    model, params = VGG11(weights=path)
+    assert isinstance(model, Classifier)
+    got = params_io.flatten(params)
+    assert set(got) == set(flat)
+    for k, want in flat.items():
+        np.testing.assert_array_equal(np.asarray(got[k]), want)
+    size = SMALL["image_size"]
+    assert model.apply({"params": params}, np.zeros((1, size, size, 3), np.float32)).shape == (1, 1)

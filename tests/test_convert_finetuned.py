@@ -290,7 +290,8 @@ def test_wrong_class_count_and_classify_refusal(imported, tmp_path, capsys):
 
 def _train_init(weights: Path, top: str, classes: list[str], size: int = SIZE):
     from vgg_jax.train.config import TrainConfig
-    from vgg_jax.train.network import build_model, init_params, resolve_weights
+    from vgg_jax.models.weights import resolve_weights
+    from vgg_jax.train.network import build_model, init_params
 
     cfg = TrainConfig(data="unused", out="unused", weights=str(weights), top=top, image_size=size, seed=3)
     return init_params(build_model(cfg, len(classes)), cfg, resolve_weights(cfg.weights), classes)

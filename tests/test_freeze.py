@@ -15,7 +15,8 @@ from vgg_jax.models import params_io
 from vgg_jax.models.classifier import image_apply_fn
 from vgg_jax.train.config import TrainConfig
 from vgg_jax.models.freeze import POLICIES, merge, parse_lr_mults, split
-from vgg_jax.train.network import build_model, init_params, resolve_weights
+from vgg_jax.models.weights import resolve_weights
+from vgg_jax.train.network import build_model, init_params
 from vgg_jax.train.optim import make_optimizer
 from vgg_jax.train.parallel import jit_options, jit_step, make_mesh, prefetch, put, shard_batch, shardings_for, to_host
 from vgg_jax.models.preprocess import preprocess_input

@@ -7,11 +7,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from vgg_jax.models.parity import rel_error
 from tests.conftest import SMALL_NET
 from tests.keras_files import copy_weights
-from vgg_jax.models import arch, params_io
 from vgg_jax import preprocess_input
+from vgg_jax.models import arch, params_io
+from vgg_jax.models.backbone import Backbone
+from vgg_jax.models.classifier import Classifier
+from vgg_jax.models.parity import rel_error
 from vgg_jax.models.vgg import VGG
 
 # Published counts (Keras applications for VGG16/19, torchvision's num_params for all four; the
@@ -88,3 +90,33 @@ def test_bfloat16_compute_keeps_float32_params():
     params = model.init(jax.random.key(0), x)["params"]
     assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(params))
     assert model.apply({"params": params}, x).dtype == jnp.bfloat16
+
+
+def test_vgg_and_classifier_compose_one_backbone():
+    """Both networks hold the same Backbone class (composition, not one inheriting the other), and the Classifier
+    carries none of VGG's Keras-only fields."""
+    x = jnp.zeros((1, 32, 32, 3))
+    for model in (VGG(**SMALL_NET), Classifier(**SMALL_NET)):
+        bound = model.bind(jax.eval_shape(model.init, jax.random.key(0), x))
+        assert type(bound.backbone) is Backbone
+        assert (bound.backbone.depths, bound.backbone.widths) == (SMALL_NET["depths"], SMALL_NET["widths"])
+    assert not issubclass(Classifier, VGG) and not issubclass(VGG, Classifier)
+    fields = set(Classifier.__dataclass_fields__) - {"parent", "name"}
+    assert fields == {"depths", "widths", "fc_units", "dtype", "top", "head_units", "dropout_rate"}
+
+
+@pytest.mark.parametrize(
+    "top, extra",
+    [
+        ("fc", {"head/kernel": (4096, 1), "head/bias": (1,)}),
+        ("avg", {"head/kernel": (512, 1), "head/bias": (1,)}),
+        ("mlp:7,5", {"mlp1/kernel": (25088, 7), "mlp1/bias": (7,), "mlp2/kernel": (7, 5), "mlp2/bias": (5,),
+                     "head/kernel": (5, 1), "head/bias": (1,)}),
+    ],
+)  # fmt: skip
+def test_classifier_params_are_the_flat_keras_names(top, extra):
+    """The Classifier's params are flat like every params file and checkpoint: the converter's VGG16 table
+    (with fc1/fc2 for the fc top), less `predictions`, plus the new layers; no `backbone` level."""
+    keras = arch.param_shapes(arch.DEPTHS["vgg16"], include_top=top == "fc")
+    want = {k: v for k, v in keras.items() if not k.startswith("predictions/")} | extra
+    assert shapes_of(Classifier(top=top)) == want

@@ -237,7 +237,8 @@ def test_inference_restores_the_params_alone_and_builds_no_optimizer(run, monkey
     from vgg_jax.train.checkpoint import Checkpoints
     from vgg_jax.inference.evaluate import load_run
     from vgg_jax.models.freeze import split
-    from vgg_jax.train.network import build_model, init_params, resolve_weights
+    from vgg_jax.models.weights import resolve_weights
+    from vgg_jax.train.network import build_model, init_params
     from vgg_jax.train.step import create_state
 
     out = run

@@ -21,7 +21,8 @@ from vgg_jax.models.classifier import Classifier
 from vgg_jax.train.config import TrainConfig
 from vgg_jax.errors import UserError
 from vgg_jax.inference.evaluate import load_run
-from vgg_jax.train.network import build_model, init_params, resolve_weights
+from vgg_jax.models.weights import resolve_weights
+from vgg_jax.train.network import build_model, init_params
 from vgg_jax.train.step import dropout_keys
 from vgg_jax.data.synthetic import write_folder
 from vgg_jax.train.trainer import train

@@ -1,22 +1,22 @@
-"""Keras-shaped factories: `VGG16(weights=..., include_top=..., pooling=..., classes=...)` -> (model, params)."""
+"""Keras-shaped factories: `VGG16(weights=..., include_top=..., pooling=..., classes=...)` -> (model, params).
+
+A thin public layer: it checks the arguments and picks between the plain VGG (`vgg_jax.models.pretrained`) and
+the trained Classifier of a `vgg-jax export` file (`vgg_jax.inference.predictor.read_export`)."""
 
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from collections.abc import Sequence
 from functools import partial
 from typing import Any
 
 import flax.linen as nn
-import jax
-import jax.numpy as jnp
 
-from vgg_jax.models import arch, params_io
-from vgg_jax.models.arch import MIN_IMAGE_SIZE
 from vgg_jax.errors import UserError
-from vgg_jax.models.vgg import POOLINGS, VGG
-from vgg_jax.paths import imagenet_params_path
+from vgg_jax.models import params_io
+from vgg_jax.models.arch import MIN_IMAGE_SIZE
+from vgg_jax.models.pretrained import pretrained_vgg
+from vgg_jax.models.vgg import POOLINGS
 
 
 def build(
@@ -56,34 +56,17 @@ def build(
     size = _input_size(input_size, input_shape)
     if weights is not None and weights != "imagenet" and include_top and "head" in params_io.load_keys(weights):
         return _exported(name, weights, size, dtype)
-    model = VGG(
-        depths=arch.DEPTHS[name],
+    return pretrained_vgg(
+        name,
+        weights,
         include_top=include_top,
         pooling=pooling,
         classes=classes,
         classifier_activation=classifier_activation,
-        dtype=dtype or jnp.float32,
+        dtype=dtype,
+        image_size=size,
+        seed=seed,
     )
-    sample = jnp.zeros((1, size or arch.IMAGE_SIZE, size or arch.IMAGE_SIZE, 3), jnp.float32)
-    if weights is None:
-        return model, jax.jit(model.init)(jax.random.key(seed), sample)["params"]
-    if weights == "imagenet":
-        weights = _imagenet(name, include_top)
-    like = jax.eval_shape(model.init, jax.random.key(seed), sample)["params"]
-    params, _ = params_io.load_checked(weights, like, name)
-    return model, jax.tree.map(jnp.asarray, params)
-
-
-def _imagenet(name: str, include_top: bool) -> Path:
-    """The official ImageNet params, downloaded, md5-checked and converted on first use, as Keras does; a full
-    file already cached serves include_top=False too."""
-    from vgg_jax.convert.download import imagenet_params
-
-    if name not in ("vgg16", "vgg19"):
-        raise UserError(f"weights='imagenet': Keras publishes ImageNet weights for vgg16 and vgg19 only, not {name}")
-    if not include_top and (full := imagenet_params_path(name)).is_file():
-        return full
-    return imagenet_params(name if include_top else f"{name}-notop")
 
 
 def _exported(name: str, path: str | os.PathLike, size: int | None, dtype: Any) -> tuple[nn.Module, dict]:

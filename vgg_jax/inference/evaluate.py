@@ -16,7 +16,7 @@ from vgg_jax.train.config import TrainConfig
 from vgg_jax.data.source import printable
 from vgg_jax.errors import UserError
 from vgg_jax.fileio import atomic_path, check_writable
-from vgg_jax.train.network import Weights, resolve_weights
+from vgg_jax.models.weights import Weights, resolve_weights
 from vgg_jax.train.setup import build_run
 from vgg_jax.paths import cache_dir, file_digest
 from vgg_jax.log import say

@@ -16,7 +16,7 @@ from vgg_jax.train import parallel, rundir
 from vgg_jax.errors import UserError
 from vgg_jax.inference.evaluate import load_run
 from vgg_jax.fileio import atomic_path, check_writable
-from vgg_jax.train.network import resolve_weights
+from vgg_jax.models.weights import resolve_weights
 from vgg_jax.log import say
 
 FORMATS = ("params", "keras", "weights.h5", "stablehlo", "savedmodel")

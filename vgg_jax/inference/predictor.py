@@ -188,6 +188,7 @@ def read_export(
 ) -> tuple[Classifier, dict, TrainConfig, list[str]]:
     """(Classifier, params, model config, class names) of a file `vgg-jax export` wrote; one-line UserError
     for any other file, or when `architecture` is given and the file holds another one."""
+    from vgg_jax.models.weights import load_backbone
     from vgg_jax.train.network import build_model
 
     meta = params_io.read_metadata(path)
@@ -211,8 +212,7 @@ def read_export(
         )
     sample = jnp.zeros((1, cfg.image_size, cfg.image_size, 3), jnp.float32)
     like = jax.eval_shape(model.init, jax.random.key(0), sample)["params"]
-    params, _ = params_io.load_checked(path, like, architecture or cfg.arch)
-    return model, jax.tree.map(jnp.asarray, params), cfg, list(classes)
+    return model, load_backbone(path, like, architecture or cfg.arch), cfg, list(classes)
 
 
 def _model_config(path: str | os.PathLike, meta: dict[str, Any]) -> TrainConfig:

@@ -1,1 +1,1 @@
-"""The networks: VGG architectures as data, the Flax modules, their params files, preprocessing and freezing."""
+"""The networks: VGG architectures as data, the Flax modules, their params files and weights, preprocessing, freezing."""

@@ -13,12 +13,15 @@ after each of its layers. Masks are drawn per example from the keys the step pas
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from vgg_jax.models.vgg import VGG
+from vgg_jax.models import arch
+from vgg_jax.models.backbone import Backbone, global_pool
 
 POOLED_TOPS = ("avg", "max")
 MLP_SPEC = re.compile(r"mlp:([1-9]\d*(?:,[1-9]\d*)*)")
@@ -35,25 +38,32 @@ def is_top(top: str) -> bool:
     return top == "fc" or top in POOLED_TOPS or mlp_units(top) is not None
 
 
-class Classifier(VGG):
-    """VGG with its 1000-way `predictions` replaced by `head` (the recipe: one sigmoid unit).
+class Classifier(nn.Module):
+    """The VGG conv blocks (`Backbone`), a top, and a new `head` where VGG has its 1000-way `predictions` (the
+    recipe: one sigmoid unit).
 
-    Attributes (beyond VGG's depths/widths/fc_units/dtype):
+    Attributes:
+      depths, widths, fc_units, dtype: as `VGG`'s (the defaults are VGG16's); params stay float32.
       top: "fc" keeps fc1 and fc2 as in the recipe; "avg"/"max" pool block5 globally instead (for no-top
         weights); "mlp:256[,128...]" puts new Dense+ReLU+dropout layers on the flattened block5_pool.
       head_units: 1 for two classes (sigmoid), else the number of classes (softmax).
       dropout_rate: rate of the dropout after fc1, fc2 and every MLP layer in training.
     """
 
-    include_top: bool = False  # VGG's own top is not built; fc1/fc2/head are built below
+    depths: Sequence[int] = arch.DEPTHS["vgg16"]
+    widths: Sequence[int] = arch.WIDTHS
+    fc_units: int = arch.FC_UNITS
+    dtype: Any = jnp.float32
     top: str = "fc"
     head_units: int = 1
     dropout_rate: float = 0.5
 
     def setup(self) -> None:
-        super().setup()
         if not is_top(self.top):
             raise ValueError(f"`top` must be fc, avg, max or mlp:UNITS[,UNITS...]. Received: top={self.top!r}")
+        # One scope with the conv blocks, so params are flat and Keras-named: {"block1_conv1": ..., "head": ...}.
+        self.backbone = Backbone(depths=self.depths, widths=self.widths, dtype=self.dtype)
+        nn.share_scope(self, self.backbone)
         if self.top == "fc":
             self.fc1 = nn.Dense(self.fc_units, dtype=self.dtype)
             self.fc2 = nn.Dense(self.fc_units, dtype=self.dtype)
@@ -96,7 +106,7 @@ class Classifier(VGG):
 
     def _stage(self, name: str, x: jax.Array, train: bool, keys: jax.Array | None) -> jax.Array:
         if name.startswith("block"):
-            return self.block(int(name[len("block") : -len("_pool")]), x)
+            return self.backbone.block(int(name[len("block") : -len("_pool")]), x)
         if name == "fc1":
             return nn.relu(self.fc1(x.reshape((x.shape[0], -1))))
         if name == "fc2":
@@ -104,7 +114,7 @@ class Classifier(VGG):
         if self.top == "fc":
             x = self._dropout(x, train, keys, 2)
         elif self.top in POOLED_TOPS:
-            x = x.mean(axis=(1, 2)) if self.top == "avg" else x.max(axis=(1, 2))
+            x = global_pool(x, self.top)
         else:
             x = x.reshape((x.shape[0], -1))
             for i in range(1, len(mlp_units(self.top)) + 1):

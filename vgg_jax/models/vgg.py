@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 
 from vgg_jax.models import arch
+from vgg_jax.models.backbone import Backbone, global_pool
 
 POOLINGS = (None, "avg", "max")
 ACTIVATIONS = (None, "softmax")
@@ -41,27 +42,17 @@ class VGG(nn.Module):
                 "`classifier_activation` must be 'softmax' or None. "
                 f"Received: classifier_activation={self.classifier_activation!r}"
             )
-        # Submodules are attributes named exactly like the Keras layers, so params are {"block1_conv1": ...}.
-        for b, (n, width) in enumerate(zip(self.depths, self.widths), 1):
-            for i in range(1, n + 1):
-                setattr(self, f"block{b}_conv{i}", nn.Conv(width, (3, 3), padding="SAME", dtype=self.dtype))
+        # One scope with the conv blocks, so params are flat and Keras-named: {"block1_conv1": ..., "fc1": ...}.
+        self.backbone = Backbone(depths=self.depths, widths=self.widths, dtype=self.dtype)
+        nn.share_scope(self, self.backbone)
         if self.include_top:
             self.fc1 = nn.Dense(self.fc_units, dtype=self.dtype)
             self.fc2 = nn.Dense(self.fc_units, dtype=self.dtype)
             self.predictions = nn.Dense(self.classes, dtype=self.dtype)
 
-    def block(self, b: int, x: jax.Array) -> jax.Array:
-        """Conv block `b` (1-based): its 3x3 convs with ReLU, then the 2x2 max-pool (Keras' `block{b}_pool`)."""
-        x = jnp.asarray(x, self.dtype)
-        for i in range(1, self.depths[b - 1] + 1):
-            x = nn.relu(getattr(self, f"block{b}_conv{i}")(x))
-        return nn.max_pool(x, (2, 2), strides=(2, 2))
-
     def features(self, x: jax.Array) -> jax.Array:
         """Conv blocks: [B, H, W, 3] preprocessed images -> [B, H/32, W/32, C] block5_pool output."""
-        for b in range(1, len(self.depths) + 1):
-            x = self.block(b, x)
-        return x
+        return self.backbone(x)
 
     def top(self, x: jax.Array) -> jax.Array:
         """fc1 -> fc2 -> predictions on block5_pool features; flattening NHWC matches Keras' Flatten."""
@@ -75,8 +66,4 @@ class VGG(nn.Module):
         x = self.features(x)
         if self.include_top:
             return self.top(x)
-        if self.pooling == "avg":
-            return x.mean(axis=(1, 2))
-        if self.pooling == "max":
-            return x.max(axis=(1, 2))
-        return x
+        return x if self.pooling is None else global_pool(x, self.pooling)

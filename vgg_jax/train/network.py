@@ -4,65 +4,18 @@ for the backbone, loaded without a random init, and a freshly initialised head."
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 
 from vgg_jax.models import arch, params_io
 from vgg_jax.models.classifier import Classifier, cut_shape
+from vgg_jax.models.weights import FLAGS, Weights, load_backbone
 from vgg_jax.train.config import TrainConfig
 from vgg_jax.errors import UserError
-from vgg_jax.paths import file_digest, imagenet_params_path
 from vgg_jax.log import say as say_line
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
-
-
-@dataclass(frozen=True)
-class Weights:
-    path: str | None  # None = random backbone
-    sha256: str | None
-    random: bool = False  # a params file whose metadata says its weights are random (the demo's)
-
-    @property
-    def label(self) -> str:
-        if not self.path:
-            return "RANDOM backbone (no weights file)"
-        return f"{self.path} ({'RANDOM weights, ' if self.random else ''}sha256 {self.sha256[:12]})"
-
-
-IMAGENET_ARCHS = ("vgg16", "vgg19")  # the architectures Keras publishes ImageNet weights for
-
-
-def resolve_weights(spec: str | None, arch_name: str = "vgg16", include_top: bool = True) -> Weights:
-    """A params file path (or "imagenet": downloaded and converted once, the no-top file without `include_top`; or
-    None/"random") -> Weights with the file's sha256 and whether its metadata marks it random."""
-    if spec in (None, "", "random"):
-        return Weights(None, None)
-    path = _imagenet(arch_name, include_top) if spec == "imagenet" else Path(spec)
-    if not path.is_file():
-        raise UserError(f"{path}: no such weights file; convert Keras files with `vgg-jax convert`")
-    random = params_io.read_metadata(path).get("weights") == "random"
-    return Weights(str(path), file_digest(path), random)
-
-
-def _imagenet(arch_name: str, include_top: bool) -> Path:
-    """The converted official ImageNet params for --arch, downloaded and converted on first use."""
-    from vgg_jax.convert.download import imagenet_params
-
-    if arch_name not in IMAGENET_ARCHS:
-        raise UserError(
-            f"--weights imagenet: Keras publishes ImageNet weights for vgg16 and vgg19 only, not {arch_name}; "
-            "pass --weights random or a params file"
-        )
-    if not include_top and (full := imagenet_params_path(arch_name)).is_file():
-        return full  # the full file serves a no-top model too
-    try:
-        return imagenet_params(arch_name if include_top else f"{arch_name}-notop")
-    except UserError as e:
-        raise UserError(f"{e}; or train a random backbone with --weights random") from None
 
 
 def build_model(cfg: TrainConfig, num_classes: int) -> Classifier:
@@ -104,20 +57,14 @@ def init_params(
         weights.path, cfg, {k: like[k] for k in new}, class_names, say_line if class_names else _quiet
     ):
         new = set()
-    backbone, _ = params_io.load_checked(
-        weights.path,
-        {k: v for k, v in like.items() if k not in new},
-        cfg.arch,
-        wanted=f"but --arch is {cfg.arch}",
-        no_top_hint="--top fc needs fc1/fc2: use the full file or --top avg",
-    )
+    backbone = load_backbone(weights.path, {k: v for k, v in like.items() if k not in new}, cfg.arch, FLAGS)
     if not new:
-        return jax.tree.map(jnp.asarray, backbone)
+        return backbone
     # The new layers alone are initialised randomly: a small jit from the last pretrained stage, not the whole init.
     start = "fc2" if cfg.top == "fc" else f"block{len(model.depths)}_pool"
     inputs = jnp.zeros((1, *cut_shape(model, start, cfg.image_size)), jnp.float32)
     fresh = jax.jit(lambda k, h: model.init(k, h, start=start))(keys, inputs)["params"]
-    return {**jax.tree.map(jnp.asarray, backbone), **{k: fresh[k] for k in new}}
+    return {**backbone, **{k: fresh[k] for k in new}}
 
 
 def _check_image_size(path: str, cfg: TrainConfig) -> None:

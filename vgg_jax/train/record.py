@@ -12,7 +12,8 @@ import jax
 import vgg_jax
 from vgg_jax.models.classifier import mlp_units
 from vgg_jax.train.config import TrainConfig
-from vgg_jax.train.network import Weights, param_bytes
+from vgg_jax.models.weights import Weights
+from vgg_jax.train.network import param_bytes
 from vgg_jax.train.parallel import Topology
 
 

@@ -20,11 +20,12 @@ from vgg_jax import data, log
 from vgg_jax.errors import UserError
 from vgg_jax.log import say
 from vgg_jax.models.freeze import parse_lr_mults
+from vgg_jax.models.weights import Weights, resolve_weights
 from vgg_jax.train import parallel, record, rundir
 from vgg_jax.train.checkpoint import Checkpoints, Position
 from vgg_jax.train.config import TrainConfig
 from vgg_jax.train.feed import Feed, cache_cut, cached_feed, image_feed, open_sources
-from vgg_jax.train.network import Weights, param_bytes, resolve_weights
+from vgg_jax.train.network import param_bytes
 from vgg_jax.train.parallel import Topology
 from vgg_jax.train.setup import Run, build_run, optimizer_for
 
