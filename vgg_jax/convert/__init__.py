@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from vgg_jax.convert import download, mapping
@@ -186,25 +186,20 @@ def sha256(path: str | os.PathLike) -> str:
 
 @contextmanager
 def _planned(
-    src: str | os.PathLike,
-    arch_name: str | None,
-    include_top: bool | None,
-    kernels: str | None,
-    fc1_order: str | None,
-    top: TopOptions | None = None,
+    src: str | os.PathLike, choices: mapping.Choices, classes: list[str] | None = None
 ) -> Iterator[tuple[Source, mapping.Plan, Report]]:
-    """Opens `src`, recognises an official file, decides the plan and its report; nothing read but the hash."""
-    top = top or TopOptions()
+    """Opens `src`, recognises an official file, decides the plan and its report; nothing read but the hash.
+    `classes`: a fine-tuned model's class names, where the file does not record them."""
     with open_source(src) as source:
         # The official files are Keras 1 save_weights files (REFERENCE.md 1b): only those can match an md5.
         sha, md5 = download.digests(src, with_md5=source.format == "keras1")
         release = download.official_release(md5)
         official = release.filename if release else None
-        p = mapping.plan(source, arch_name, include_top, kernels, fc1_order, official, top.image_size, top.pooling)
+        p = mapping.plan(source, replace(choices, official=official))
         classes_line = ""
         if p.finetuned:
-            p.finetuned.class_names, classes_line = finetuned_top.class_names(source.path, top.classes, p.classes)
-        elif top.classes is not None:
+            p.finetuned.class_names, classes_line = finetuned_top.class_names(source.path, classes, p.classes)
+        elif classes is not None:
             raise UserError(
                 f"{src}: --classes names the classes of a fine-tuned model's head; this file is a VGG "
                 + ("with its ImageNet-style top" if p.include_top else "without a top")
@@ -241,7 +236,7 @@ def load_keras(
 
     The params are a VGG's (ImageNet-style top or none): a fine-tuned model is refused in one line that points
     to `vgg-jax vgg_jax.convert` and vgg_jax.load, which serve it."""
-    with _planned(src, arch_name, include_top, kernels, fc1_order) as (source, p, report):
+    with _planned(src, mapping.Choices(arch_name, include_top, kernels, fc1_order)) as (source, p, report):
         if p.finetuned:
             fine = p.finetuned
             raise UserError(
@@ -274,7 +269,9 @@ def convert_file(
         raise UserError(f"{out}: output would overwrite the source file")
     clean_leftovers(out, download.folder(), extract_dir())
     check_writable(out, "params file")
-    with _planned(src, arch_name, include_top, kernels, fc1_order, top) as (source, p, report):
+    top = top or TopOptions()
+    choices = mapping.Choices(arch_name, include_top, kernels, fc1_order, image_size=top.image_size, pooling=top.pooling)
+    with _planned(src, choices, top.classes) as (source, p, report):
         check_space(out, p.shapes)
         flat = dict(mapping.arrays(source, p))
     params_io.save(out, params_io.unflatten(flat), report.metadata)

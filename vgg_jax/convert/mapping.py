@@ -75,27 +75,32 @@ class Plan:
         return steps
 
 
-def plan(
-    source: Source,
-    want_arch: str | None = None,
-    include_top: bool | None = None,
-    kernels: str | None = None,
-    fc1_order: str | None = None,
-    official: str | None = None,
-    image_size: int | None = None,
-    pooling: str | None = None,
-) -> Plan:
+@dataclass(frozen=True)
+class Choices:
+    """What the caller decides instead of the file: the architecture, top or no top, the kernel convention
+    ("tf"/"theano") and fc1 row order ("hwc"/"chw") where the file records or implies another, the official
+    release file name when the source is one (by md5), and a fine-tuned model's image size and pooling."""
+
+    arch: str | None = None
+    include_top: bool | None = None
+    kernels: str | None = None
+    fc1_order: str | None = None
+    official: str | None = None
+    image_size: int | None = None
+    pooling: str | None = None
+
+
+def plan(source: Source, choices: Choices = Choices()) -> Plan:
     """Decides the mapping for `source`; raises UserError (naming the file) when it is not a usable VGG.
 
-    `kernels` ("tf"/"theano") and `fc1_order` ("hwc"/"chw") override what the file records or implies;
-    `official` is the release file name when the source is an official Keras file (by md5). A fine-tuned model
-    (a VGG, then a new top and Dense head) maps onto a vgg-jax Classifier (see convert.head); `image_size` and
-    `pooling` ("avg"/"max") say what its file may not record.
+    A fine-tuned model (a VGG, then a new top and Dense head) maps onto a vgg-jax Classifier (see convert.head);
+    `choices.image_size` and `choices.pooling` ("avg"/"max") say what its file may not record.
     """
-    if kernels not in (None, "tf", "theano"):
-        raise UserError(f"--kernels must be 'tf' or 'theano'. Received: {kernels!r}")
-    if fc1_order not in (None, "hwc", "chw"):
-        raise UserError(f"--fc1-order must be 'hwc' or 'chw'. Received: {fc1_order!r}")
+    c = choices
+    if c.kernels not in (None, "tf", "theano"):
+        raise UserError(f"--kernels must be 'tf' or 'theano'. Received: {c.kernels!r}")
+    if c.fc1_order not in (None, "hwc", "chw"):
+        raise UserError(f"--fc1-order must be 'hwc' or 'chw'. Received: {c.fc1_order!r}")
     path = source.path
     convs = [l for l in source.layers if l.kind == "conv"]
     denses = [l for l in source.layers if l.kind == "dense"]
@@ -106,22 +111,21 @@ def plan(
     _reject_model_without_vgg(source, convs, tail)
 
     layout = _kernel_layout(source, convs)
-    conv_names, name = _conv_mapping(source, convs, want_arch)
+    conv_names, name = _conv_mapping(source, convs, c.arch)
     denses = _dense_order(source, denses, tail)
     if finetuned_top.is_finetuned(source, denses):
-        return _finetuned_plan(source, list(zip(conv_names, convs)), denses, tail, name, layout, include_top,
-                               (kernels, fc1_order, official, image_size, pooling))  # fmt: skip
+        return _finetuned_plan(source, list(zip(conv_names, convs)), denses, tail, name, layout, c)
     if len(denses) not in (0, 3):
         raise UserError(
             f"{path}: {len(denses)} dense layer(s) ({', '.join(l.name for l in denses)}); "
             "a VGG file has none (no-top) or three (fc1, fc2, predictions)"
         )
     has_top = len(denses) == 3
-    if include_top and not has_top:
+    if c.include_top and not has_top:
         raise UserError(
             f"{path}: a no-top file (conv layers only), but the top (fc1, fc2, predictions) is needed; use the full weights file"
         )
-    keep_top = has_top if include_top is None else include_top
+    keep_top = has_top if c.include_top is None else c.include_top
     mapping = list(zip(conv_names, convs))
     dropped = []
     if has_top:
@@ -137,12 +141,12 @@ def plan(
     classes = denses[-1].shapes[0][1] if keep_top else 1000
     size = arch.IMAGE_SIZE
     if keep_top:
-        size, _ = finetuned_top.image_size_of(path, source.config, denses[0], _width(convs, layout), image_size)
+        size, _ = finetuned_top.image_size_of(path, source.config, denses[0], _width(convs, layout), c.image_size)
 
     conv_kind = conventions.kernel_convention(
-        source.format, source.backend, source.keras_version, layout, kernels, official
+        source.format, source.backend, source.keras_version, layout, c.kernels, c.official
     )
-    fc1 = conventions.fc1_order(path, source.config, layout, fc1_order, official) if keep_top else None
+    fc1 = conventions.fc1_order(path, source.config, layout, c.fc1_order, c.official) if keep_top else None
     result = Plan(name, keep_top, classes, layout, conv_kind, fc1, mapping, dropped, image_size=size)
     return _checked(source, result)
 
@@ -178,22 +182,20 @@ def _finetuned_plan(
     tail: list[tuple[str, dict]] | None,
     name: str,
     layout: str,
-    include_top: bool | None,
-    options: tuple,
+    c: Choices,
 ) -> Plan:
     """The plan for a fine-tuned model: the VGG's conv layers, then its top as convert.head reads it (or the conv
     layers alone with include_top=False)."""
-    kernels, fc1_order, official, image_size, pooling = options
     width = _width([layer for _, layer in mapping], layout)
     conv_kind = conventions.kernel_convention(
-        source.format, source.backend, source.keras_version, layout, kernels, official
+        source.format, source.backend, source.keras_version, layout, c.kernels, c.official
     )
-    if include_top is False:
+    if c.include_top is False:
         dropped = [l.name.split("/")[-1] for l in denses]
         return _checked(source, Plan(name, False, 1000, layout, conv_kind, None, mapping, dropped))
-    fine = finetuned_top.plan(source, denses, tail, width, image_size, pooling)
+    fine = finetuned_top.plan(source, denses, tail, width, c.image_size, c.pooling)
     flat = fine.top == "fc" or fine.top.startswith("mlp:")
-    fc1 = conventions.fc1_order(source.path, source.config, layout, fc1_order, official) if flat else None
+    fc1 = conventions.fc1_order(source.path, source.config, layout, c.fc1_order, c.official) if flat else None
     result = Plan(name, True, fine.num_classes, layout, conv_kind, fc1, mapping + fine.mapping,
                   image_size=fine.image_size, finetuned=fine)  # fmt: skip
     return _checked(source, result)

@@ -12,6 +12,8 @@ Nothing here imports grain or jax until a batch is asked for.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -46,84 +48,80 @@ def permutation(n: int, seed: int, epoch: int) -> np.ndarray:
     return np.argsort(bits, kind="stable")
 
 
+@dataclass(frozen=True)
+class Pipeline:
+    """How a pass decodes and splits its examples, the keyword options `train_batches` and `eval_batches` share.
+
+    Images are decoded and resized by vgg_jax.data.resize (`resize` mode, `interpolation`) to `image_size`, as
+    `load_image` does. Process `process_index` of `process_count` gets its own block of every global batch.
+    `threads` decode in this process (default: its cores); `workers` > 0 decode in that many spawned processes
+    instead, each batch whole in one of them (so a script asking for them needs `if __name__ == "__main__":`);
+    None: one per core for a pass of WORKER_MIN_IMAGES or more on WORKER_MIN_CORES or more, else none (the trainer's).
+    """
+
+    image_size: int = 224
+    resize: str = "squash"
+    interpolation: str = "nearest"
+    process_index: int = 0
+    process_count: int = 1
+    threads: int | None = None
+    workers: int | None = 0
+
+
 def train_batches(
-    source: Source,
-    batch_size: int,
-    *,
-    image_size: int = 224,
-    resize: str = "squash",
-    interpolation: str = "nearest",
-    seed: int = 0,
-    epoch: int = 0,
-    augment: bool = False,
-    process_index: int = 0,
-    process_count: int = 1,
-    start_batch: int = 0,
-    threads: int | None = None,
-    workers: int | None = 0,
-) -> Iterator[dict]:
+    source: Source, batch_size: int, *, seed: int = 0, epoch: int = 0, augment: bool = False, start_batch: int = 0,
+    **options: Any,
+) -> Iterator[dict]:  # fmt: skip
     """One epoch of shuffled training batches for this process: {"image", "label", "mask"}, static shapes.
 
     Global step s takes positions [s*B*P, (s+1)*B*P) of a permutation drawn from (seed, epoch);
     process p gets the p-th block of B, so processes read disjoint shards. `mask` is all True
     unless a file failed to decode (then its slot is zeroed and masked: weight the loss by mask).
-    Images are decoded and resized by vgg_jax.data.resize (`resize` mode, `interpolation`), as `load_image` does.
-    `threads` decode in this process (default: its cores); `workers` > 0 decode in that many spawned processes
-    instead, each batch whole in one of them (so a script asking for them needs `if __name__ == "__main__":`);
-    None: one per core for a pass of WORKER_MIN_IMAGES or more on WORKER_MIN_CORES or more, else none (the trainer's).
+    `options`: the fields of `Pipeline` (image size, resize, interpolation, process, threads, workers).
     """
-    _check_batching(source, batch_size, process_index, process_count)
+    opt = Pipeline(**options)
+    _check_batching(source, batch_size, opt.process_index, opt.process_count)
     if not source.labelled:
         raise UserError(
             f"{source.name}: unlabelled images cannot be trained on; point the data at a folder with class subfolders"
         )
-    steps = steps_per_epoch(source, batch_size, process_count)
+    steps = steps_per_epoch(source, batch_size, opt.process_count)
     if steps == 0:
         raise UserError(
-            f"{source.name}: {source.num_examples} examples are fewer than one global batch of {batch_size * process_count}"
+            f"{source.name}: {source.num_examples} examples are fewer than one global batch of "
+            f"{batch_size * opt.process_count}"
         )
     if not 0 <= start_batch <= steps:
         raise UserError(f"start_batch must be in [0, {steps}] (steps per epoch). Received: start_batch={start_batch}")
-    pos = _positions(steps, batch_size, process_count, process_index)[start_batch * batch_size :]
-    loader = _loader(source, image_size, resize, interpolation, _mix(seed, epoch) if augment else None)
+    pos = _positions(steps, batch_size, opt.process_count, opt.process_index)[start_batch * batch_size :]
+    loader = _loader(source, opt, _mix(seed, epoch) if augment else None)
     if _streamed(source):  # the records at these positions of a seeded shuffle of the stream
-        batches = source.tfds.stream_batches(pos, _mix(seed, epoch), loader, batch_size, threads or default_threads())
+        batches = source.tfds.stream_batches(pos, _mix(seed, epoch), loader, batch_size, opt.threads or default_threads())
         name = lambda i: f"{source.name} record at shuffled position {i}"
         yield from _finish(batches, pos, batch_size, source, name, with_ids=False)
         return
     plan = permutation(source.num_examples, seed, epoch)[pos]
-    batches = _grain_batches(loader, plan, batch_size, threads, workers)
+    batches = _grain_batches(loader, plan, batch_size, opt.threads, opt.workers)
     yield from _finish(batches, plan, batch_size, source, _namer(source), with_ids=False)
 
 
-def eval_batches(
-    source: Source,
-    batch_size: int,
-    *,
-    image_size: int = 224,
-    resize: str = "squash",
-    interpolation: str = "nearest",
-    process_index: int = 0,
-    process_count: int = 1,
-    threads: int | None = None,
-    workers: int | None = 0,
-) -> Iterator[dict]:
+def eval_batches(source: Source, batch_size: int, **options: Any) -> Iterator[dict]:
     """Every example exactly once, in order: {"image", "label", "mask", "id"}; padding slots are masked.
 
     All processes yield `eval_steps(...)` batches of exactly `batch_size`, so nothing recompiles and
     multi-host collectives stay in step. Padding has image 0, label 0, id "".
-    Images are decoded and resized by vgg_jax.data.resize (`resize` mode, `interpolation`), as `load_image` does.
-    `threads` and `workers` as in `train_batches`.
+    `options`: the fields of `Pipeline`, as in `train_batches`.
     """
-    _check_batching(source, batch_size, process_index, process_count)
-    steps = eval_steps(source, batch_size, process_count)
-    pos = _positions(steps, batch_size, process_count, process_index)
+    opt = Pipeline(**options)
+    _check_batching(source, batch_size, opt.process_index, opt.process_count)
+    steps = eval_steps(source, batch_size, opt.process_count)
+    pos = _positions(steps, batch_size, opt.process_count, opt.process_index)
     plan = np.where(pos < source.num_examples, pos, PADDING)  # example g sits at global position g: source order
-    loader = _loader(source, image_size, resize, interpolation, None)
+    loader = _loader(source, opt, None)
     if _streamed(source):
-        batches = source.tfds.stream_batches(plan, None, loader, batch_size, threads or default_threads())
+        batches = source.tfds.stream_batches(plan, None, loader, batch_size, opt.threads or default_threads())
     else:
-        batches = _grain_batches(loader, plan, batch_size, threads, workers)
+        batches = _grain_batches(loader, plan, batch_size, opt.threads, opt.workers)
     yield from _finish(batches, plan, batch_size, source, _namer(source), with_ids=True)
 
 
@@ -131,16 +129,16 @@ def _streamed(source: Source) -> bool:
     return source.tfds is not None and not source.tfds.random_access
 
 
-def _loader(source: Source, size: int, resize: str, interpolation: str, augment_key: int | None) -> Loader:
+def _loader(source: Source, opt: Pipeline, augment_key: int | None) -> Loader:
     """The Loader of `source` at these options, checked: a bad option is a UserError before anything is read."""
     from vgg_jax.data.resize import check_options
 
-    check_options(resize, interpolation)
+    check_options(opt.resize, opt.interpolation)
     if source.tfds is None:
         items, labels = source.paths, source.labels
     else:  # streamed records carry their own bytes and labels
         items, labels = source.tfds.records() if source.tfds.random_access else ((), ())
-    return Loader(items, labels, size, resize, interpolation, augment_key)
+    return Loader(items, labels, opt.image_size, opt.resize, opt.interpolation, augment_key)
 
 
 def _namer(source: Source):

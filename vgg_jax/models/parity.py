@@ -58,7 +58,8 @@ def check(
     from vgg_jax.models.preprocess import preprocess_input
 
     with open_source(source_path) as source:
-        p = mapping.plan(source, kernels=kernels, fc1_order=fc1_order, image_size=image_size, pooling=pooling)
+        choices = mapping.Choices(kernels=kernels, fc1_order=fc1_order, image_size=image_size, pooling=pooling)
+        p = mapping.plan(source, choices)
         raw = [(layer.read(0), layer.read(1)) for _, layer in p.mapping]
     depths = arch.DEPTHS[p.arch]
     n_conv = sum(depths)
