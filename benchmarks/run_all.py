@@ -26,7 +26,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import REPO, run_child
+from benchmarks.child import REPO, run_child
 
 OURS = "benchmarks/ours.py"
 KERAS = "benchmarks/peers_keras.py"
