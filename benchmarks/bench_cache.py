@@ -27,11 +27,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
+from vgg_jax.data.synthetic import write_folder
 from vgg_jax.train import feed, trainer
 from vgg_jax.train.config import TrainConfig
-from vgg_jax.data.synthetic import write_folder
 
-TINY = dict(arch="vgg11", widths=(8, 8, 16, 16, 16), fc_units=32, image_size=32)
+TINY = {"arch": "vgg11", "widths": (8, 8, 16, 16, 16), "fc_units": 32, "image_size": 32}
 # (name, config changes, cache on?): every cut the trainer caches by default, and the runs through the backbone.
 CUTS = [
     ("recipe: fc1 cut (dropout 0.5)", {}, True),
@@ -76,7 +76,9 @@ class Timer:
         trainer._run_epoch, feed.cached_features = self._run_epoch, self._cached
 
 
-def run_ours(data: Path, work: Path, name: str, changes: dict, cache: bool, epochs: int, shape: dict, batch: int) -> dict:
+def run_ours(
+    data: Path, work: Path, name: str, changes: dict, cache: bool, epochs: int, shape: dict, batch: int
+) -> dict:
     """One train() from an empty cache; per-epoch times, the feature pass and the whole wall time."""
     os.environ["VGG_JAX_CACHE"] = str(Path(tempfile.mkdtemp(dir=work, prefix="cache-")))
     cfg = TrainConfig(data=str(data), out=str(Path(tempfile.mkdtemp(dir=work, prefix="run-")) / "run"),
@@ -118,8 +120,8 @@ def table(rows: list[dict], recipe: dict, keras: dict, train_images: int) -> str
         lines.append(f"| {r['name']} | {r['feature_pass_s']:.1f} | {r['steady_epoch_s']:.3f} | "
                      f"{train_images / r['steady_epoch_s']:,.0f} | {speedup:,.1f} |")  # fmt: skip
     block5_cached = next(r for r in rows if r["name"].startswith("block5 fine-tune: block4"))["steady_epoch_s"]
-    lines += ["", f"Block5 fine-tune, epochs after the first: through the backbone {block5_direct:.1f} s, "
-              f"from the block4_pool cache {block5_cached:.1f} s ({block5_direct / block5_cached:.1f}x).", "",
+    lines += ["", (f"Block5 fine-tune, epochs after the first: through the backbone {block5_direct:.1f} s, "
+              f"from the block4_pool cache {block5_cached:.1f} s ({block5_direct / block5_cached:.1f}x)."), "",
               "| recipe end to end (wall s, from an empty cache) | 1 epoch | 10 epochs |", "|---|---|---|"]  # fmt: skip
     for name, by_epochs in (("vgg-jax (cache on)", recipe), ("Keras 3 / TF, the recipe's script", keras)):
         cells = [f"{by_epochs[e]:.1f}" if by_epochs.get(e) is not None else "not run" for e in (1, 10)]

@@ -12,24 +12,18 @@ import json
 import os
 import platform
 import statistics
-import subprocess
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from vgg_jax.convert import legacy  # noqa: E402
+from benchmarks.child import run_child
+from vgg_jax.convert import legacy
 
-# Each measurement runs in a grandchild forked from a small wrapper: a child forked from this
-# (large) process would inherit our RSS high-water mark and report it as its own.
-WRAPPER = r"""
-import resource, subprocess, sys
-r = subprocess.run([sys.executable, "-c", sys.argv[1], *sys.argv[2:]], capture_output=True, text=True, check=True)
-seconds = r.stdout.split()[0]
-print(seconds, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024)
-"""
+# Each measurement runs in its own process under benchmarks/child.py's wrapper, so its peak RSS is its own
+# (a child forked from this large process would inherit our RSS high-water mark).
 CHILD = r"""
-import sys, time
+import json, sys, time
 variant, src, out = sys.argv[1:4]
 t0 = time.perf_counter()
 if variant == "h5py read":
@@ -40,17 +34,16 @@ if variant == "h5py read":
 else:
     from vgg_jax.convert import convert_file
     convert_file(src, out)
-seconds = time.perf_counter() - t0
-print(seconds)
+print("RESULT " + json.dumps({"seconds": time.perf_counter() - t0}))
 """
 
 
 def measure(variant: str, src: Path, out: Path) -> tuple[float, int]:
-    result = subprocess.run(
-        [sys.executable, "-c", WRAPPER, CHILD, variant, str(src), str(out)], capture_output=True, text=True, check=True
-    )
-    seconds, peak = result.stdout.split()
-    return float(seconds), int(peak)
+    """Seconds and peak RSS (bytes) of one `variant` ("h5py read" or "vgg-jax convert") of `src`, in its own process."""
+    result = run_child(["-c", CHILD, variant, str(src), str(out)])
+    if "error" in result:
+        raise RuntimeError(f"{variant} of {src}: {result['error']}")
+    return result["seconds"], int(result["process_peak_rss_mb"] * 2**20)
 
 
 def main() -> None:

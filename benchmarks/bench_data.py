@@ -23,9 +23,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
-import os
 import platform
-import resource
 import sys
 import time
 from pathlib import Path
@@ -34,6 +32,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.timing import load_1m, process_cpu_s
 from vgg_jax import data
 from vgg_jax.data.decode import default_threads
 
@@ -59,15 +58,9 @@ def generate(folder: Path, count: int) -> list[Path]:
     return paths
 
 
-def _cpu_s() -> float:
-    """CPU seconds of this process and of its finished children (grain's workers are joined when a pass ends)."""
-    own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
-    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
-
-
 def measure(batches, batch: int) -> dict:
     """Steady rate of one pass over `batches`, its start-up time and CPU per image."""
-    c0, t0 = _cpu_s(), time.perf_counter()
+    c0, t0 = process_cpu_s(), time.perf_counter()
     it = iter(batches)
     first = next(it)
     assert first["image"].shape == (batch, SIZE, SIZE, 3)
@@ -80,7 +73,7 @@ def measure(batches, batch: int) -> dict:
     return {
         "img_per_s": round(n / (t2 - t1), 1),
         "startup_s": round(t1 - t0, 2),
-        "cpu_ms_per_img": round(1e3 * (_cpu_s() - c0) / total, 3),
+        "cpu_ms_per_img": round(1e3 * (process_cpu_s() - c0) / total, 3),
         "images": total,
     }
 
@@ -153,10 +146,10 @@ def worker_startup_cpu_s(source, batch: int, repeats: int) -> float:
     plan = np.arange(batch)
 
     def cpu(workers: int) -> float:
-        c = _cpu_s()
+        c = process_cpu_s()
         for _ in _grain_batches(loader, plan, batch, 1, workers):
             pass
-        return _cpu_s() - c
+        return process_cpu_s() - c
 
     return float(np.median([(cpu(2) - cpu(0)) / 2 for _ in range(repeats)]))
 
@@ -205,7 +198,7 @@ def main(argv: list[str] | None = None) -> None:
     for repeat in range(args.repeats):
         for name, (pipeline, parallelism, workers, run) in configs.items():
             row = {"what": name, "pipeline": pipeline, "parallelism": parallelism, "repeat": repeat,
-                   **measure(run(), args.batch), "loadavg_1m": round(os.getloadavg()[0], 2)}  # fmt: skip
+                   **measure(run(), args.batch), "loadavg_1m": load_1m()}  # fmt: skip
             # Per core, robust to other processes on the machine: CPU per image once the workers run.
             row["steady_cpu_ms_per_img"] = round(row["cpu_ms_per_img"] - 1e3 * workers * startup / row["images"], 3)
             print(json.dumps(row), flush=True)

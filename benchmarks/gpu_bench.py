@@ -41,8 +41,8 @@ def correctness(tiny: bool, batch: int = 8) -> dict:
     import jax.numpy as jnp
     import numpy as np
 
-    from vgg_jax.models import arch
     from benchmarks import throughput as bench
+    from vgg_jax.models import arch
     from vgg_jax.models.classifier import Classifier
     from vgg_jax.models.preprocess import preprocess_input
 

@@ -15,15 +15,16 @@ import argparse
 import os
 import statistics
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import CpuShare, add_step_arguments, emit, threads_info, timed_steps
+from benchmarks.child import add_step_arguments, emit
+from benchmarks.timing import repeat_ops, threads_info, timed_steps
 
 
-def step_variant(args) -> dict:
+def step_variant(args: argparse.Namespace) -> dict:
+    """One of our step variants, built as `vgg-jax bench` builds it, timed by timing.timed_steps."""
     import jax
     import numpy as np
 
@@ -50,7 +51,8 @@ def step_variant(args) -> dict:
     return out
 
 
-def ceiling(args) -> dict:
+def ceiling(args: argparse.Namespace) -> dict:
+    """GFLOP/s of a single 3x3 conv and a matmul in JAX, with our XLA options or XLA's defaults."""
     import jax
     import jax.numpy as jnp
     import numpy as np
@@ -75,28 +77,8 @@ def ceiling(args) -> dict:
     return repeat_ops(ops, args.repeats)
 
 
-def repeat_ops(ops: dict, repeats: int) -> dict:
-    """Median and best GFLOP/s of each op over `repeats` timed calls after one warm-up call."""
-    out = {}
-    for name, (fn, flops) in ops.items():
-        fn()
-        times = []
-        with CpuShare() as share:
-            for _ in range(repeats):
-                t = time.perf_counter()
-                fn()
-                times.append(time.perf_counter() - t)
-        out[name] = {
-            "gflop_per_s": flops / statistics.median(times) / 1e9,
-            "best_gflop_per_s": flops / min(times) / 1e9,
-            "gflop": flops / 1e9,
-            "repeats": repeats,
-            "other_cores_busy": share.other_cores,
-        }
-    return out
-
-
-def decode(args) -> dict:
+def decode(args: argparse.Namespace) -> dict:
+    """The input pipeline's steady img/s and CPU ms per image on generated JPEGs (benchmarks/bench_data.py)."""
     from benchmarks import bench_data
     from vgg_jax import data
     from vgg_jax.data.decode import default_threads
@@ -111,7 +93,8 @@ def decode(args) -> dict:
     return {"img_per_s": row["img_per_s"], "cpu_ms_per_img": row["cpu_ms_per_img"], "threads": threads}
 
 
-def convert(args) -> dict:
+def convert(args: argparse.Namespace) -> dict:
+    """Median seconds and peak RSS of `vgg-jax convert` on a full-size Keras 1 file (benchmarks/bench_convert.py)."""
     from benchmarks import bench_convert
     from vgg_jax.convert import legacy
 
@@ -129,6 +112,7 @@ def convert(args) -> dict:
 
 
 def main() -> None:
+    """Parses the options, runs one variant, prints its RESULT line."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--variant", required=True)
     p.add_argument("--dtype", default="float32")

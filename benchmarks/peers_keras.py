@@ -18,7 +18,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import add_step_arguments, emit, skip, threads_info, timed_steps
+from benchmarks.child import add_step_arguments, emit, skip
+from benchmarks.timing import repeat_ops, threads_info, timed_steps
 
 TINY = {"depths": (1, 1, 1, 1, 1), "widths": (8, 8, 16, 16, 16), "fc_units": 32, "size": 32}
 
@@ -48,8 +49,6 @@ def build(keras, tiny: bool):
 
 def ceiling(repeats: int, tiny: bool) -> dict:
     import tensorflow as tf
-
-    from benchmarks.ours import repeat_ops
 
     b, s, c, n = (2, 28, 64, 512) if tiny else (8, 56, 256, 4096)
     x = tf.random.normal((b, s, s, c))

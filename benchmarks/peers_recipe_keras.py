@@ -3,12 +3,13 @@
     .venv/bin/python benchmarks/peers_recipe_keras.py --data DIR --epochs 10 [--batch 32] [--image-size 224]
         [--tiny] [--json OUT]
 
-DIR is in the recipe layout DIR/train/{cats,dogs}/*.jpg, DIR/valid/{cats,dogs}/*.jpg (`vgg_jax.data.synthetic.write_folder`
-makes one). The model is the recipe's: VGG16 with its top built layer by layer under the Keras layer names
-(block1_conv1 .. block5_pool, flatten, fc1, dropout, fc2, dropout_1), *with* Dropout(0.5) after fc1 and after fc2
-as the recipe's VGG16 had (`keras.applications.VGG16` has none), the 1000-way softmax replaced by a new
-Dense(1, sigmoid) named `head`; every layer but the head has trainable=False (Keras applies Dropout in training
-whatever `trainable` says, as the recipe's Keras did); Adam(1e-3), binary cross-entropy, accuracy.
+DIR is in the recipe layout DIR/train/{cats,dogs}/*.jpg, DIR/valid/{cats,dogs}/*.jpg
+(`vgg_jax.data.synthetic.write_folder` makes one). The model is the recipe's: VGG16 with its top built layer by
+layer under the Keras layer names (block1_conv1 .. block5_pool, flatten, fc1, dropout, fc2, dropout_1), *with*
+Dropout(0.5) after fc1 and after fc2 as the recipe's VGG16 had (`keras.applications.VGG16` has none), the 1000-way
+softmax replaced by a new Dense(1, sigmoid) named `head`; every layer but the head has trainable=False (Keras
+applies Dropout in training whatever `trainable` says, as the recipe's Keras did); Adam(1e-3), binary cross-entropy,
+accuracy.
 
 Weights are random (seeded): ImageNet weights cannot be downloaded here, and the timing does not depend on the
 weight values. `--tiny` builds a small VGG with the same layer names (depths 1,1,1,1,1, widths 8,8,16,16,16,
@@ -45,7 +46,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import CpuShare, emit, skip, threads_info
+from benchmarks.child import emit, skip
+from benchmarks.timing import CpuShare, threads_info
 from vgg_jax.errors import UserError
 from vgg_jax.fileio import atomic_path, check_writable
 

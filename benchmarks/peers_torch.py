@@ -18,7 +18,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import add_step_arguments, emit, skip, threads_info, timed_steps
+from benchmarks.child import add_step_arguments, emit, skip
+from benchmarks.timing import repeat_ops, threads_info, timed_steps
 
 VGG16 = {"depths": (2, 2, 3, 3, 3), "widths": (64, 128, 256, 512, 512), "fc_units": 4096, "size": 224}
 TINY = {"depths": (1, 1, 1, 1, 1), "widths": (8, 8, 16, 16, 16), "fc_units": 32, "size": 32}
@@ -47,8 +48,6 @@ def build(torch, cfg: dict):
 
 
 def ceiling(torch, repeats: int, tiny: bool) -> dict:
-    from benchmarks.ours import repeat_ops
-
     b, s, c, n = (2, 28, 64, 512) if tiny else (8, 56, 256, 4096)
     x = torch.randn(b, c, s, s)
     w = torch.randn(c, c, 3, 3) * 0.02

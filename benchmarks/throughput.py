@@ -1,6 +1,7 @@
-"""`vgg-jax bench` (or `python benchmarks/throughput.py`): images/s of our own variants on this machine's devices, through the trainer's code paths.
+"""`vgg-jax bench` (or `python benchmarks/throughput.py`): images/s of our own variants on this machine's devices.
 
-Variants (the step functions `vgg-jax train`/`evaluate` run, jitted with the same shardings):
+Measured through the trainer's code paths. Variants (the step functions `vgg-jax train`/`evaluate` run, jitted
+with the same shardings):
   infer   eval_step on uint8 images (preprocessing, backbone, head, loss, probabilities)
   frozen  train_step, everything below the head frozen (--freeze-through fc2, the recipe)
   block5  train_step, block5 + fc1 + fc2 + head trained (--freeze-through block4)
@@ -21,8 +22,14 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
+
+if __name__ == "__main__":  # run as a script: make `benchmarks` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.timing import cpu_count, peak_rss_mb, timed_steps
 
 VARIANTS = ("infer", "frozen", "block5", "full", "naive")
 FREEZE = {"frozen": "fc2", "block5": "block4", "full": "none", "naive": "fc2"}
@@ -179,73 +186,28 @@ def naive_optimizer(params: dict):
     return optax.chain(optax.adam(1e-3), optax.masked(optax.set_to_zero(), mask))
 
 
-def cpu_busy() -> tuple[float, float] | None:
-    """(busy CPU seconds of the whole machine, of this process) from /proc/stat and getrusage; None off Linux."""
-    try:
-        with open("/proc/stat") as f:
-            fields = [float(v) for v in f.readline().split()[1:]]
-    except OSError:
-        return None
-    ticks = os.sysconf("SC_CLK_TCK")
-    busy = (sum(fields) - fields[3] - (fields[4] if len(fields) > 4 else 0)) / ticks  # minus idle and iowait
-    import resource  # Unix only, like /proc/stat
-
-    own = resource.getrusage(resource.RUSAGE_SELF)
-    return busy, own.ru_utime + own.ru_stime
-
-
 def measure(case: Case, steps: int = 5, warmup: int = 1) -> dict:
     """First step (after compile), `warmup` untimed steps, then `steps` timed steps; median and spread."""
     import jax
 
-    t = time.perf_counter()
-    case.step()
-    first = time.perf_counter() - t
-    for _ in range(warmup):
-        case.step()
-    times, before, load0 = [], cpu_busy(), _loadavg()
-    with jax.transfer_guard("disallow"):  # any hidden host<->device copy in the loop is an error
-        for _ in range(steps):
-            t = time.perf_counter()
-            case.step()
-            times.append(time.perf_counter() - t)
-    after = cpu_busy()
-    median = float(np.median(times))
-    other = None
-    if before and after:  # CPU time other processes took during the timed steps, in cores
-        other = max(0.0, (after[0] - before[0]) - (after[1] - before[1])) / sum(times)
+    # Any hidden host<->device copy in the timed loop is an error.
+    timing = timed_steps(case.step, steps, warmup, around=lambda: jax.transfer_guard("disallow"))
+    median = timing["median_s"]
     return {
         "variant": case.variant,
         "batch": case.batch,
         "dtype": case.dtype,
         "img_per_s": case.batch / median,
-        "median_s": median,
-        "min_s": min(times),
-        "max_s": max(times),
-        "steps": steps,
         "gflop_per_image": case.gflop_per_image,
         "gflop_per_s": case.gflop_per_image * case.batch / median,
         "trace_s": case.trace_s,
         "compile_s": case.compile_s,
-        "first_step_s": first,
-        "loadavg": [load0, _loadavg()],
-        "other_cores_busy": other,
+        **timing,
     }
 
 
-def _loadavg() -> float | None:
-    return os.getloadavg()[0] if hasattr(os, "getloadavg") else None
-
-
-def _peak_rss_mb() -> float | None:
-    try:
-        import resource
-    except ImportError:  # not on Unix
-        return None
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
 def environment() -> dict:
+    """The devices, jax version, Python, CPUs and XLA_FLAGS this run measures."""
     import jax
 
     devices = jax.devices()
@@ -254,12 +216,13 @@ def environment() -> dict:
         "platform": devices[0].platform,
         "jax": jax.__version__,
         "python": platform.python_version(),
-        "cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "cpus": cpu_count(),
         "xla_flags": os.environ.get("XLA_FLAGS", ""),
     }
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    """`vgg-jax bench`'s options."""
     p.add_argument("--variants", default="infer,frozen,block5,full", help=f"comma-separated: {', '.join(VARIANTS)}")
     p.add_argument("--batch-sizes", default="8,32", help="global batch sizes, comma-separated")
     p.add_argument("--dtype", default="float32", help="float32, bfloat16, or both comma-separated")
@@ -287,6 +250,7 @@ def _table(rows: list[dict]) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Builds and measures every (dtype, batch, variant) case; prints a table, appends JSON lines to --json."""
     from vgg_jax.errors import UserError
 
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
@@ -307,7 +271,7 @@ def run(args: argparse.Namespace) -> int:
             for variant in variants:
                 case = build(variant, batch, dtype, tiny=args.tiny, image_size=args.image_size, xla=args.xla)
                 row = {**measure(case, args.steps, args.warmup), **env}
-                row["peak_rss_mb"] = _peak_rss_mb()
+                row["peak_rss_mb"] = peak_rss_mb()
                 rows.append(row)
                 print(
                     f"  {variant:7s} {dtype:8s} b{batch:<4d} {row['img_per_s']:10,.2f} img/s"
@@ -331,5 +295,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     sys.exit(main())

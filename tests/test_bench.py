@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
-from vgg_jax.models import arch
+from benchmarks import jobs, report, timing
 from benchmarks import throughput as bench
+from vgg_jax.models import arch
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -82,8 +86,14 @@ def test_tuned_options_keep_convolutions_out_of_ynnpack():
 
 
 def test_gpu_script_runs_on_cpu_tiny(tmp_path):
+    # benchmarks/gpu.sh needs jax, flax, optax and numpy only: frameworks that fail to import stand in for absent ones.
+    fake = tmp_path / "fake"
+    fake.mkdir()
+    for name in ("tensorflow", "keras", "torch"):
+        (fake / f"{name}.py").write_text(f"raise ImportError('{name} is hidden for this test')\n")
     out = tmp_path / "gpu.json"
-    r = run(["benchmarks/gpu_bench.py", "--tiny", "--steps", "2", "--json", str(out)], tmp_path)
+    r = run(["benchmarks/gpu_bench.py", "--tiny", "--steps", "2", "--json", str(out)], tmp_path,
+            PYTHONPATH=f"{fake}{os.pathsep}{REPO}")  # fmt: skip
     assert r.returncode == 0, r.stderr[-2000:]
     assert "| variant | dtype | batch | img/s" in r.stdout
     assert "correctness (ok)" in r.stdout
@@ -117,3 +127,57 @@ def test_runner_quick_writes_results_and_reports_missing_peers_as_skipped(tmp_pa
     assert "frozen-head step >= 0.95x our inference, batch 4" in md
     assert "[CACHE_RESULTS.md](CACHE_RESULTS.md) (benchmarks/bench_cache.py, through the trainer)." in md
     assert (out / "chart.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_timed_steps_times_only_the_steps_and_wraps_only_them():
+    inside: list[bool] = []
+    calls: list[bool] = []
+
+    @contextlib.contextmanager
+    def around():
+        inside.append(True)
+        yield
+        inside.append(False)
+
+    def step():
+        calls.append(bool(inside) and inside[-1])
+        time.sleep(0.002)
+
+    out = timing.timed_steps(step, steps=3, warmup=2, around=around)
+    assert calls == [False, False, False, True, True, True]  # first call, 2 warm-up, then 3 timed inside `around`
+    assert len(out["times_s"]) == out["steps"] == 3
+    assert 0.002 <= out["min_s"] <= out["median_s"] <= out["max_s"]
+    assert out["other_cores_busy"] is None  # 6 ms of steps: shorter than /proc/stat's ticks resolve
+    assert out["steps_peak_rss_mb"] > 0 and len(out["loadavg_steps"]) == 2
+
+
+def anchors(markdown: str) -> set[str]:
+    """GitHub's anchors of the headings of a markdown text."""
+    headings = re.findall(r"^#+ (.+)$", markdown, re.MULTILINE)
+    return {re.sub(r"[^\w\- ]", "", h.lower()).replace(" ", "-") for h in headings}
+
+
+def test_goals_are_rows_with_a_known_metric_and_a_notes_section():
+    notes = anchors((REPO / "benchmarks" / "NOTES.md").read_text())
+    assert report.HOW_TO_READ.split("#")[1].rstrip(")") in notes
+    for goal in jobs.STEP_GOALS + jobs.CACHE_GOALS:
+        assert goal.metric in report.METRICS, goal
+        assert not goal.notes or goal.notes in notes, goal
+    names = [j.name for j in jobs.jobs_for([4], quick=True)]
+    assert len(names) == len(set(names))
+    assert all((REPO / j.argv[0]).is_file() for j in jobs.jobs_for([8, 32], quick=False))
+
+
+def test_report_only_rerenders_the_committed_run(tmp_path):
+    """The goals computed from benchmarks/results.json are the committed RESULTS.md's; a miss links to NOTES.md."""
+    (tmp_path / "results.json").write_bytes((REPO / "benchmarks" / "results.json").read_bytes())
+    r = run(["benchmarks/run_all.py", "--report-only", str(tmp_path / "results.json")], tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    goal_rows = [
+        line for line in (tmp_path / "RESULTS.md").read_text().splitlines() if " >= " in line or " <= " in line
+    ]
+    committed = (REPO / "benchmarks" / "RESULTS.md").read_text().splitlines()
+    assert len(goal_rows) == 18 and all(row in committed for row in goal_rows)
+    missed = [row for row in goal_rows if "| not met |" in row]
+    assert missed and all("Why: [NOTES.md 7" in row for row in missed)
+    assert (tmp_path / "chart.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
