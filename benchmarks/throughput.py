@@ -174,7 +174,7 @@ def build(variant: str, batch: int, dtype: str = "float32", tiny: bool = False, 
 
 
 def naive_optimizer(params: dict):
-    """PEERS.md d1b, the reference a frozen step is measured against: Adam over ALL params, then the updates of
+    """The naive freeze peers use, the reference a frozen step is measured against (benchmarks/NOTES.md): Adam over ALL params, then the updates of
     the layers --freeze-through fc2 would freeze zeroed (their gradients are still computed)."""
     import jax
     import optax

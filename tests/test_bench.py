@@ -28,7 +28,7 @@ def run(args: list[str], tmp_path: Path, **env: str) -> subprocess.CompletedProc
 
 
 def test_flop_basis_is_vgg16s():
-    """30.93 GFLOP per image forward (15.47 G multiply-adds), as PEERS.md and REFERENCE.md count it."""
+    """30.93 GFLOP per image forward (15.47 G multiply-adds), as the VGG paper and Keras count it."""
     shape = (arch.DEPTHS["vgg16"], arch.WIDTHS, arch.FC_UNITS, 224)
     assert bench.gflop_per_image("infer", *shape) == pytest.approx(30.93, abs=0.01)
     assert bench.gflop_per_image("frozen", *shape) == pytest.approx(30.93, abs=0.01)

@@ -191,7 +191,7 @@ def _planned(
     """Opens `src`, recognises an official file, decides the plan and its report; nothing read but the hash.
     `classes`: a fine-tuned model's class names, where the file does not record them."""
     with open_source(src) as source:
-        # The official files are Keras 1 save_weights files (REFERENCE.md 1b): only those can match an md5.
+        # The official files are Keras 1 save_weights files (keras.applications' releases): only those can match an md5.
         sha, md5 = download.digests(src, with_md5=source.format == "keras1")
         release = download.official_release(md5)
         official = release.filename if release else None

@@ -1,6 +1,6 @@
 """Fetch the official Keras ImageNet VGG weight files, check their md5, and cache them.
 
-The files and md5s are those of keras.applications (REFERENCE.md section 1b). Mirrors can be
+The files and md5s are those of keras.applications (keras.applications.vgg16/vgg19's WEIGHTS_PATH and file_hash). Mirrors can be
 used with $VGG_JAX_WEIGHTS_BASE_URL. A file already in Keras' own cache (~/.keras/models) is reused.
 """
 
@@ -62,7 +62,7 @@ def digests(path: str | os.PathLike, with_md5: bool = True) -> tuple[str, str | 
 
 
 def official_release(md5_hex: str | None) -> Release | None:
-    """The official Keras release file with this md5 (REFERENCE.md lists md5s, not sha256s), else None."""
+    """The official Keras release file with this md5 (keras.applications records md5s, not sha256s), else None."""
     return next((r for r in OFFICIAL.values() if md5_hex and r.md5 == md5_hex), None)
 
 

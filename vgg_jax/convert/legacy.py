@@ -2,7 +2,7 @@
 
 Used by the tests, the demo and the benchmarks to produce Keras 0.x (`vgg16_th.h5` of the
 original recipe) and Keras 1 (`vgg16_weights_{tf,th}_dim_ordering_*_kernels.h5`) files,
-following REFERENCE.md sections 1a and 1b.
+following the layouts in docs/DESIGN.md ("Formats").
 """
 
 from __future__ import annotations

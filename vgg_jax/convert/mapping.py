@@ -1,7 +1,7 @@
 """Map a Source's layers onto canonical VGG params: pick the architecture, check shapes, undo Theano conventions.
 
 Canonical = Keras layer names, Flax shapes: conv kernels HWIO for correlation, fc1 rows in NHWC
-flatten order (h, w, c). See DESIGN.md "Canonical params layout" and REFERENCE.md section 1d.
+flatten order (h, w, c). See docs/DESIGN.md, "Canonical params" and "Conventions and transforms".
 """
 
 from __future__ import annotations

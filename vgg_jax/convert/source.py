@@ -1,6 +1,6 @@
 """Open any Keras VGG weights file and list its weighted layers in network order, read lazily.
 
-Knows the file layouts of Keras 0.x, 1, 2 (incl. tf.keras) and 3 (REFERENCE.md section 1);
+Knows the file layouts of Keras 0.x, 1, 2 (incl. tf.keras) and 3 (docs/DESIGN.md, "Formats");
 knows nothing about Flax. numpy + h5py only.
 """
 
