@@ -1,4 +1,4 @@
-"""`vgg-jax convert` / `python -m convert`: arguments and the call into the converter, nothing more."""
+"""`vgg-jax convert` / `python -m vgg_jax.convert`: arguments and the call into the converter, nothing more."""
 
 from __future__ import annotations
 
@@ -130,7 +130,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = Parser(prog="python -m convert", description="Convert Keras VGG weights to a vgg-jax params file.")
+    parser = Parser(prog="python -m vgg_jax.convert", description="Convert Keras VGG weights to a vgg-jax params file.")
     add_arguments(parser)
     args = parser.parse_args(argv)
     try:
