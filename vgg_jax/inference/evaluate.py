@@ -220,11 +220,14 @@ def predict(
     result = evaluate_batches(
         run_model.eval_fn, trainable, frozen, _batches(data, source, cfg, bs, labelled=False), run_model.mesh
     )
-    probs, ids = result["probs"], result["ids"]
-    if fmt == "full":
-        _write_full(out, source, ids, probs, classes, clip)
-        return out
-    # Files that could not be decoded still get a row (a Kaggle submission needs every id): the uninformative prior.
+    write = _write_full if fmt == "full" else _write_kaggle
+    write(out, source, result["ids"], result["probs"], classes, clip)
+    return out
+
+
+def _write_kaggle(out: Path, source, ids: list[str], probs: np.ndarray, classes: list[str], clip: float | None) -> None:
+    """id,label (label = P(class 1); a column per class beyond two). Files that could not be decoded still get a
+    row, since a Kaggle submission needs every id: the uninformative prior."""
     unreadable = source.unreadable_ids
     if unreadable:
         say(
@@ -246,7 +249,6 @@ def predict(
         f"wrote {out} ({len(ids)} rows; label = P({classes[1]})"
         + (f", clipped to [{clip}, {1 - clip}])" if clip else ")")
     )
-    return out
 
 
 def _write_full(out: Path, source, ids: list[str], probs: np.ndarray, classes: list[str], clip: float | None) -> None:
