@@ -163,11 +163,11 @@ BAD_CONFIG = [
 
 @pytest.mark.parametrize("field, value", BAD_CONFIG, ids=[f"{f}={v!r}" for f, v in BAD_CONFIG])
 def test_config_refuses_values_the_cli_cannot_send(folder, tmp_path, field, value):
-    """The library names the field, not a flag."""
+    """The library names the field, not a flag; the error is a UserError and so a ValueError."""
     cfg = dataclasses.replace(TrainConfig(data=str(folder), out=str(tmp_path / "run"), **SMALL), **{field: value})
     with pytest.raises(ConfigError, match=f"^{field} ") as e:
         cfg.validate()
-    assert isinstance(e.value, UserError) and e.value.field == field
+    assert isinstance(e.value, UserError) and isinstance(e.value, ValueError) and e.value.field == field
     assert "Received:" in str(e.value) and "\n" not in str(e.value) and "--" not in str(e.value)
 
 

@@ -1,8 +1,8 @@
 """The one exception type for user mistakes: the CLI prints its message on one line and exits non-zero."""
 
 
-class UserError(Exception):
-    """A mistake in the user's input (file, folder, option), explained in one line."""
+class UserError(ValueError):
+    """A mistake in the user's input (file, folder, option), explained in one line; a bad value, so a ValueError."""
 
 
 class ConfigError(UserError):

@@ -148,7 +148,7 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
     def validate(self) -> None:
-        """Raises ConfigError (a UserError) naming the first bad field and its value; touches no file."""
+        """ConfigError (a UserError, so a ValueError) naming the first bad field and its value; touches no file."""
         self._check_choices()
         self._check_counts()
         self._check_numbers()
