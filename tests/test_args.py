@@ -4,7 +4,9 @@ loaded), classify, and an OSError from the environment anywhere under a command.
 
 from __future__ import annotations
 
+import argparse
 import csv
+import dataclasses
 import errno
 import os
 
@@ -12,9 +14,9 @@ import pytest
 
 from tests.conftest import SMALL
 from vgg_jax.cli import main
-from vgg_jax.train.config import TrainConfig
-from vgg_jax.errors import UserError
 from vgg_jax.data.synthetic import write_folder
+from vgg_jax.errors import ConfigError, UserError
+from vgg_jax.train.config import TrainConfig
 
 SMALL_ARGS = ["--weights", "random", "--arch", "vgg11", "--widths", "8,8,16,16,16", "--fc-units", "32",
               "--image-size", "32", "--batch-size", "8"]  # fmt: skip
@@ -105,6 +107,12 @@ BAD_TRAIN = [
     (["--top", "sum"], "--top", "sum"),
     (["--cache-dtype", "int8"], "--cache-dtype", "int8"),
     (["--interpolation", "cubic"], "--interpolation", "cubic"),
+    (["--arch", "vgg15"], "--arch", "vgg15"),
+    (["--optimizer", "rmsprop"], "--optimizer", "rmsprop"),
+    (["--schedule", "linear"], "--schedule", "linear"),
+    (["--resize", "zoom"], "--resize", "zoom"),
+    (["--dtype", "float16"], "--dtype", "float16"),
+    (["--freeze-through", "fc3"], "--freeze-through", "fc3"),
 ]
 
 
@@ -132,7 +140,7 @@ def test_python_train_validates_before_touching_the_folder(folder, tmp_path):
     from vgg_jax.train.trainer import train
 
     out = tmp_path / "run"
-    with pytest.raises(UserError, match=r"--lr must be finite and > 0\. Received: nan"):
+    with pytest.raises(UserError, match=r"^lr must be finite and > 0\. Received: nan$"):
         train(TrainConfig(data=str(folder), out=str(out), **{**SMALL, "lr": float("nan")}))
     assert not out.exists()
 
@@ -155,10 +163,12 @@ BAD_CONFIG = [
 
 @pytest.mark.parametrize("field, value", BAD_CONFIG, ids=[f"{f}={v!r}" for f, v in BAD_CONFIG])
 def test_config_refuses_values_the_cli_cannot_send(folder, tmp_path, field, value):
-    cfg = TrainConfig(data=str(folder), out=str(tmp_path / "run"), **SMALL).replace(**{field: value})
-    with pytest.raises(UserError, match="--" + field.replace("_", "-")) as e:
+    """The library names the field, not a flag; the error is a UserError and so a ValueError."""
+    cfg = dataclasses.replace(TrainConfig(data=str(folder), out=str(tmp_path / "run"), **SMALL), **{field: value})
+    with pytest.raises(ConfigError, match=f"^{field} ") as e:
         cfg.validate()
-    assert "Received:" in str(e.value) and "\n" not in str(e.value)
+    assert isinstance(e.value, UserError) and isinstance(e.value, ValueError) and e.value.field == field
+    assert "Received:" in str(e.value) and "\n" not in str(e.value) and "--" not in str(e.value)
 
 
 def test_valid_config_passes(folder, tmp_path):
@@ -357,3 +367,125 @@ def test_run_json_records_versions_command_times_and_best(folder, tmp_path, monk
     best = min(valid, key=lambda r: r["loss"])
     assert len(valid) == 2 and info["best_valid"] == {k: best[k] for k in ("loss", "accuracy", "step", "epoch")}, (
         info["best_valid"], valid, "seed 3")  # fmt: skip
+
+
+# The train command is generated from TrainConfig's fields (vgg_jax.train.config.option): flags, help, defaults,
+# parsing and the field -> flag naming of errors.
+
+# `vgg-jax train`'s flags when they were written out one by one in cli.py: none may go missing.
+TRAIN_FLAGS = {
+    "--data", "--out", "--weights", "--epochs", "--batch-size", "--eval-batch-size", "--lr", "--optimizer",
+    "--momentum", "--schedule", "--warmup-steps", "--clip-norm", "--freeze-through", "--lr-mult", "--dropout",
+    "--augment", "--seed", "--valid-fraction", "--labels-from-filename", "--tfds-manual-dir", "--cache-features",
+    "--no-cache-features", "--cache-dtype", "--checkpoint-every", "--keep-checkpoints", "--resume", "--overwrite",
+    "--dtype", "--shard-fc", "--distributed", "--coordinator", "--num-processes", "--process-id", "--image-size",
+    "--resize", "--interpolation", "--top", "--arch", "--widths", "--fc-units", "--log-every",
+}  # fmt: skip
+
+# A value other than the default for every field with a flag, and the flags that spell it.
+EVERY_FIELD = {
+    "data": "d", "out": "o", "weights": "random", "arch": "vgg11", "widths": (8, 8, 16, 16, 16), "fc_units": 32,
+    "top": "mlp:64", "image_size": 64, "resize": "pad", "interpolation": "bilinear", "epochs": 3, "batch_size": 16,
+    "eval_batch_size": 4, "optimizer": "sgd", "lr": 0.01, "momentum": 0.8, "schedule": "cosine", "warmup_steps": 5,
+    "clip_norm": 1.5, "freeze_through": "block4", "lr_mult": "conv=0.1", "dropout": 0.25, "augment": True, "seed": 7,
+    "valid_fraction": 0.2, "labels_from_filename": "^(a|b)", "tfds_manual_dir": "m", "cache_features": True,
+    "cache_dtype": "bfloat16", "checkpoint_every": 100, "keep_checkpoints": 2, "dtype": "bfloat16",
+    "shard_fc": True, "log_every": 5,
+}  # fmt: skip
+
+
+def train_parser() -> argparse.ArgumentParser:
+    from vgg_jax.cli import build_parser
+
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    return sub.choices["train"]
+
+
+def parsed_config(argv: list[str]) -> TrainConfig:
+    """The TrainConfig `vgg-jax train ARGV` would train (not validated)."""
+    from vgg_jax.cli import _train_config, build_parser
+
+    return _train_config(build_parser().parse_args(["train", *argv]))
+
+
+def flag_of(field: dataclasses.Field) -> str:
+    return "--" + field.name.replace("_", "-")
+
+
+def test_train_keeps_every_flag():
+    flags = {s for a in train_parser()._actions for s in a.option_strings}
+    assert flags == TRAIN_FLAGS | {"-h", "--help"}, (flags - TRAIN_FLAGS, TRAIN_FLAGS - flags)
+
+
+def test_train_help_shows_each_field_with_its_dataclass_default_and_choices():
+    parser = train_parser()
+    actions = {}
+    for action in parser._actions:  # a --X/--no-X pair: the first, --X, carries the field's help
+        actions.setdefault(action.dest, action)
+    for field in dataclasses.fields(TrainConfig):
+        facts, action = field.metadata, actions[field.name]
+        formatter = parser._get_formatter()
+        formatter.add_argument(action)
+        shown = " ".join(formatter.format_help().split())
+        if facts["hidden"]:
+            assert action.help == argparse.SUPPRESS and flag_of(field) not in parser.format_help(), field.name
+            continue
+        assert shown.startswith(flag_of(field)) and facts["help"].split()[0] in shown, (field.name, shown)
+        default = facts.get("cli_default", field.default)
+        if default not in (None, False, dataclasses.MISSING):
+            assert f"(default: {default})" in shown, (field.name, shown)
+        if facts["choices"]:
+            assert "{" + ",".join(facts["choices"]) + "}" in shown, (field.name, shown)
+    fields = dataclasses.fields(TrainConfig)
+    cli_defaults = {f.name: f.metadata["cli_default"] for f in fields if "cli_default" in f.metadata}
+    assert cli_defaults == {"weights": "imagenet"}, "the command's one default that is not the library's"
+
+
+def test_train_without_options_is_the_dataclass_defaults():
+    assert parsed_config(["--data", "d", "--out", "o"]) == dataclasses.replace(
+        TrainConfig(data="d", out="o"), weights="imagenet"
+    )
+
+
+def test_every_flag_reaches_its_field():
+    """A value other than the default for every field, given by its flag, arrives (a dropped flag would not)."""
+    fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
+    assert set(EVERY_FIELD) == set(fields)
+    argv = []
+    for name, value in EVERY_FIELD.items():
+        assert value != fields[name].default, name
+        text = ",".join(map(str, value)) if isinstance(value, tuple) else str(value)
+        argv += [flag_of(fields[name])] if value is True else [flag_of(fields[name]), text]
+    cfg = parsed_config(argv)
+    assert cfg == TrainConfig(**EVERY_FIELD)
+    cfg.validate()
+
+
+def test_tri_state_switch(capsys):
+    assert parsed_config(["--data", "d", "--out", "o"]).cache_features is None  # the library decides
+    assert parsed_config(["--data", "d", "--out", "o", "--cache-features"]).cache_features is True
+    assert parsed_config(["--data", "d", "--out", "o", "--no-cache-features"]).cache_features is False
+    with pytest.raises(SystemExit):
+        parsed_config(["--data", "d", "--out", "o", "--cache-features", "--no-cache-features"])
+    assert "not allowed with argument" in capsys.readouterr().err
+
+
+NAMED = [
+    ("batch_size", ["--batch-size", "0"], "must be an integer >= 1. Received: 0"),
+    ("eval_batch_size", ["--eval-batch-size", "-1"], "must be an integer >= 1. Received: -1"),
+    ("arch", ["--arch", "vgg15"], "must be one of vgg11, vgg13, vgg16, vgg19. Received: 'vgg15'"),
+    ("labels_from_filename", ["--labels-from-filename", "cat"],
+     "needs a group around the label, e.g. '^(cat|dog)\\.'. Received: 'cat'"),
+    ("widths", ["--widths", "8,8,x,16,16"],
+     "expects comma-separated integers, e.g. 8,8,16,16,16. Received: '8,8,x,16,16'"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("field, extra, problem", NAMED, ids=[n[0] for n in NAMED])
+def test_library_names_the_field_and_cli_the_flag(capsys, folder, tmp_path, field, extra, problem):
+    with pytest.raises(ConfigError) as e:
+        parsed_config(["--data", str(folder), "--out", str(tmp_path / "run"), *extra]).validate()
+    assert (str(e.value), e.value.field) == (f"{field} {problem}", field)
+    line, _ = refused(capsys, ["train", "--data", folder, "--out", tmp_path / "run", *extra])
+    assert line == f"vgg-jax: error: {extra[0]} {problem}"
+    assert not (tmp_path / "run").exists()

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
+import typing
 from pathlib import Path
+from typing import Any
 
-from vgg_jax.errors import UserError
+from vgg_jax.errors import ConfigError, UserError
+from vgg_jax.train.config import TrainConfig
 
 
 def _convert(args: argparse.Namespace) -> int:
@@ -16,9 +20,9 @@ def _convert(args: argparse.Namespace) -> int:
 
 
 def _classify(args: argparse.Namespace) -> int:
-    from vgg_jax.models import params_io
-    from vgg_jax.inference.classify import top_k
     from vgg_jax.data.image import load_image
+    from vgg_jax.inference.classify import top_k
+    from vgg_jax.models import params_io
 
     if args.top < 1:
         raise UserError(f"--top must be an integer >= 1. Received: {args.top}")
@@ -60,55 +64,15 @@ def _params_file(spec: str | None) -> str | None:
     return str(out)
 
 
-def _train_config(args: argparse.Namespace):
-    from vgg_jax.train.config import TrainConfig
-
-    return TrainConfig(
-        data=args.data,
-        out=args.out,
-        weights=args.weights,
-        arch=args.arch,
-        widths=_widths(args.widths),
-        fc_units=args.fc_units,
-        top=args.top,
-        image_size=args.image_size,
-        resize=args.resize,
-        interpolation=args.interpolation,
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        eval_batch_size=args.eval_batch_size,
-        optimizer=args.optimizer,
-        lr=args.lr,
-        momentum=args.momentum,
-        schedule=args.schedule,
-        warmup_steps=args.warmup_steps,
-        clip_norm=args.clip_norm,
-        freeze_through=args.freeze_through,
-        lr_mult=args.lr_mult,
-        dropout=args.dropout,
-        augment=args.augment,
-        seed=args.seed,
-        valid_fraction=args.valid_fraction,
-        labels_from_filename=args.labels_from_filename,
-        cache_features=args.cache_features,
-        cache_dtype=args.cache_dtype,
-        checkpoint_every=args.checkpoint_every,
-        keep_checkpoints=args.keep_checkpoints,
-        dtype=args.dtype,
-        log_every=args.log_every,
-        shard_fc=args.shard_fc,
-        tfds_manual_dir=args.tfds_manual_dir,
-    )
+def _train_config(args: argparse.Namespace) -> TrainConfig:
+    """The TrainConfig the flags spell: every field with a flag, from it; text parsed where the field says how."""
+    return TrainConfig(**{f.name: _setting(f, getattr(args, f.name)) for f in _flagged_fields()})
 
 
-def _widths(spec: str | None) -> tuple[int, ...] | None:
-    """'8,8,16,16,16' -> (8, 8, 16, 16, 16); the values themselves are checked by TrainConfig.validate."""
-    if not spec:
-        return None
-    try:
-        return tuple(int(w) for w in spec.split(","))
-    except ValueError:
-        raise UserError(f"--widths expects comma-separated integers, e.g. 8,8,16,16,16. Received: {spec!r}") from None
+def _setting(field: dataclasses.Field, value: Any) -> Any:
+    parse = field.metadata["parse"]
+    # A field with a parser is not of type str, so a str is what was typed (not the field's default).
+    return parse(value) if parse is not None and isinstance(value, str) else value
 
 
 def _check_run_folder(out: str) -> None:
@@ -121,10 +85,18 @@ def _check_run_folder(out: str) -> None:
 
 
 def _train(args: argparse.Namespace) -> int:
+    """`vgg-jax train`; the library names a bad config field, the command the flag that set it."""
+    try:
+        return _run_training(args)
+    except ConfigError as e:
+        raise UserError(e.naming(_flag(e.field))) from None
+
+
+def _run_training(args: argparse.Namespace) -> int:
     cfg = _train_config(args)
     cfg.validate()  # before the weights are converted and the run folder is touched
     _check_run_folder(cfg.out)
-    cfg = cfg.replace(weights=_params_file(cfg.weights))
+    cfg = dataclasses.replace(cfg, weights=_params_file(cfg.weights))
     if args.distributed:
         from vgg_jax.train.parallel import init_distributed
 
@@ -149,8 +121,8 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def _predict(args: argparse.Namespace) -> int:
-    from vgg_jax.inference.evaluate import predict
     from vgg_jax.fileio import check_writable
+    from vgg_jax.inference.evaluate import predict
 
     _check_batch_size(args.batch_size)
     if args.clip is not None and not 0 <= args.clip < 0.5:
@@ -191,9 +163,7 @@ def build_parser() -> argparse.ArgumentParser:
     from vgg_jax.convert.cli import Parser
     from vgg_jax.convert.cli import add_arguments as convert_arguments
 
-    parser = Parser(
-        prog="vgg-jax", description="Keras VGG16 weights in JAX/Flax: convert, classify, train."
-    )
+    parser = Parser(prog="vgg-jax", description="Keras VGG16 weights in JAX/Flax: convert, classify, train.")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("convert", help="convert a Keras VGG weights file (any Keras version) to a params file")
@@ -263,110 +233,61 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _train_arguments(p: argparse.ArgumentParser) -> None:
-    from vgg_jax.train import config
-    from vgg_jax.models.arch import DEPTHS
-    from vgg_jax.models.freeze import POLICIES
-    from vgg_jax.data.resize import RESIZE_MODES
-
-    p.add_argument(
-        "--data",
-        required=True,
-        help="ROOT with train/ and valid/ class subfolders, ROOT/{class}/*, or tfds:NAME[:SPLIT]",
-    )
-    p.add_argument("--out", required=True, help="run folder (checkpoints, metrics.jsonl, curves.png, run.json)")
-    p.add_argument(
-        "--weights",
-        default="imagenet",
-        help="params file from `vgg-jax convert`, a Keras .h5/.keras file, 'imagenet' (the official Keras file, "
-        "downloaded once, md5-checked, converted and cached), or 'random' (a random backbone)",
-    )
-    p.add_argument("--epochs", type=int, default=1)
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--eval-batch-size", type=int)
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--optimizer", choices=config.OPTIMIZERS, default="adam")
-    p.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
-    p.add_argument("--schedule", choices=config.SCHEDULES, default="constant")
-    p.add_argument("--warmup-steps", type=int, default=0)
-    p.add_argument("--clip-norm", type=float, help="clip the trainable gradients' global norm")
-    p.add_argument(
-        "--freeze-through",
-        choices=POLICIES,
-        default="fc2",
-        help="freeze this layer and all below (fc2 = the recipe: head only)",
-    )
-    p.add_argument("--lr-mult", help="per-group learning-rate factors, e.g. conv=0.1,fc=0.5")
-    p.add_argument(
-        "--dropout",
-        type=float,
-        default=0.5,
-        help="dropout rate after fc1 and fc2 (and MLP layers) in training, frozen or not, as Keras applied it; 0 = off",
-    )
-    p.add_argument("--augment", action="store_true", help="random crop + horizontal flip (off in the recipe)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument(
-        "--valid-fraction", type=float, help="hold out this share of train when there is no valid split (folders: 0.1)"
-    )
-    p.add_argument(
-        "--labels-from-filename",
-        metavar="REGEX",
-        help="label a flat folder of images by the first group of REGEX on each file name, e.g. '^(cat|dog)\\.'"
-        " (default: <label>.<id>.jpg names are detected)",
-    )
-    p.add_argument("--tfds-manual-dir", help="where tensorflow-datasets looks for manually downloaded archives")
-    cache = p.add_mutually_exclusive_group()
-    cache.add_argument(
-        "--cache-features",
-        dest="cache_features",
-        action="store_true",
-        default=None,
-        help="compute the frozen layers' output once, store it memory-mapped, train only what lies above "
-        "(default for the fc1/fc2/block5_pool/block4_pool cuts without --augment)",
-    )
-    cache.add_argument("--no-cache-features", dest="cache_features", action="store_false")
-    p.add_argument(
-        "--cache-dtype", default="float32", help="float32 (default) or bfloat16: how cached features are stored"
-    )
-    p.add_argument(
-        "--checkpoint-every", type=int, default=0, help="also checkpoint every N steps (default: epoch ends)"
-    )
-    p.add_argument("--keep-checkpoints", type=int, default=3)
-    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
-    p.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
-    p.add_argument(
-        "--dtype",
-        choices=config.DTYPES,
-        default="float32",
-        help="compute dtype (params, loss and optimizer stay float32); bfloat16 recommended on GPU/TPU",
-    )
-    p.add_argument(
-        "--shard-fc", action="store_true", help="split fc1/fc2 weights and their optimizer state across devices"
-    )
-    p.add_argument(
+    settings = p.add_argument_group("training settings (recorded in the run folder's run.json)")
+    types = typing.get_type_hints(TrainConfig)
+    for field in _flagged_fields():
+        _add_setting(settings, field, types[field.name])
+    run = p.add_argument_group("this command")
+    run.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    run.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
+    run.add_argument(
         "--distributed",
         action="store_true",
         help="multi-host: call jax.distributed.initialize() (auto-detects SLURM/TPU, or use the next three)",
     )
-    p.add_argument("--coordinator", help="host:port of process 0, e.g. 127.0.0.1:1234")
-    p.add_argument("--num-processes", type=int)
-    p.add_argument("--process-id", type=int)
-    p.add_argument("--image-size", type=int, default=224)
-    p.add_argument("--resize", choices=RESIZE_MODES, default="squash")
-    p.add_argument(
-        "--interpolation",
-        default="nearest",
-        help="nearest (default: what the recipe's flow_from_directory used) or bilinear (Pillow's, antialiased)",
-    )
-    p.add_argument(
-        "--top",
-        default="fc",
-        help="fc: fc1/fc2 as in the recipe; avg/max: global pooling; mlp:UNITS[,UNITS...]: new Dense+ReLU+dropout "
-        "layers on block5_pool, e.g. mlp:256",
-    )
-    p.add_argument("--arch", choices=list(DEPTHS), default="vgg16")
-    p.add_argument("--widths", help=argparse.SUPPRESS)  # small test variants, e.g. 8,8,16,16,16
-    p.add_argument("--fc-units", type=int, help=argparse.SUPPRESS)
-    p.add_argument("--log-every", type=int, default=10, help="steps between logged training metrics")
+    run.add_argument("--coordinator", help="host:port of process 0, e.g. 127.0.0.1:1234")
+    run.add_argument("--num-processes", type=int, help="processes in the job")
+    run.add_argument("--process-id", type=int, help="this process's index in the job, from 0")
+
+
+def _flagged_fields() -> list[dataclasses.Field]:
+    """The TrainConfig fields that have a flag (vgg_jax.train.config.option), in the dataclass's order."""
+    return [f for f in dataclasses.fields(TrainConfig) if "help" in f.metadata]
+
+
+def _flag(field: str) -> str:
+    """The flag of a config field: 'batch_size' -> '--batch-size'."""
+    return "--" + field.replace("_", "-")
+
+
+def _add_setting(group: argparse._ActionsContainer, field: dataclasses.Field, kind: Any) -> None:
+    """One config field as a flag, from its type and its metadata; the default is the field's own."""
+    facts, flag = field.metadata, _flag(field.name)
+    shown = argparse.SUPPRESS if facts["hidden"] else facts["help"]
+    if kind == bool | None:  # unset (None) lets the library decide
+        pair = group.add_mutually_exclusive_group()
+        pair.add_argument(flag, dest=field.name, action="store_true", default=None, help=shown)
+        no_help = argparse.SUPPRESS if facts["hidden"] else f"never, not even where {flag} is the default"
+        pair.add_argument("--no-" + flag[2:], dest=field.name, action="store_false", default=None, help=no_help)
+    elif kind is bool:
+        group.add_argument(flag, dest=field.name, action="store_true", default=field.default, help=shown)
+    else:
+        choices = facts["choices"]
+        group.add_argument(
+            flag,
+            dest=field.name,
+            type=None if facts["parse"] else _scalar(kind),
+            required=field.default is dataclasses.MISSING,
+            default=facts.get("cli_default", None if field.default is dataclasses.MISSING else field.default),
+            metavar="{" + ",".join(choices) + "}" if choices else facts["metavar"],
+            help=shown,
+        )
+
+
+def _scalar(kind: Any) -> type:
+    """int for `int` or `int | None`: what argparse converts the typed text with (choices are validate()'s)."""
+    (scalar,) = [t for t in typing.get_args(kind) or (kind,) if t is not type(None)]
+    return scalar
 
 
 def enable_compilation_cache() -> None:

@@ -1,16 +1,23 @@
 """Training configuration: one frozen dataclass, defaults = the 2017 recipe (VGG16 ImageNet, fc1/fc2 kept,
-everything frozen but a new 1-unit sigmoid head, Adam 1e-3, binary cross-entropy, one epoch)."""
+everything frozen but a new 1-unit sigmoid head, Adam 1e-3, binary cross-entropy, one epoch).
+
+Each field also carries its command-line facts (help, choices, ...) in its metadata: `vgg-jax train` is built from
+them (vgg_jax.cli), so a field, its default and its flag are written once, here. The library speaks of fields only:
+validate() raises ConfigError naming the field, which the CLI re-names as the flag that set it."""
 
 from __future__ import annotations
 
 import dataclasses
 import math
 import re
-from dataclasses import dataclass
-from typing import NoReturn
+from collections.abc import Callable
+from dataclasses import MISSING, dataclass
+from typing import Any, NoReturn
 
-from vgg_jax.errors import UserError
-from vgg_jax.models.arch import MIN_IMAGE_SIZE
+from vgg_jax.data.resize import INTERPOLATIONS, RESIZE_MODES
+from vgg_jax.errors import ConfigError
+from vgg_jax.models.arch import DEPTHS, MIN_IMAGE_SIZE, WIDTHS
+from vgg_jax.models.freeze import POLICIES, parse_lr_mults
 
 OPTIMIZERS = ("adam", "sgd")
 SCHEDULES = ("constant", "cosine")
@@ -19,66 +26,140 @@ DTYPES = ("float32", "bfloat16")  # compute dtypes; params stay float32
 MAX_SEED = 2**31 - 1  # numpy's SeedSequence refuses negative seeds; jax and tf.data take int32-sized ones
 
 
+def option(
+    default: Any = MISSING,
+    *,
+    help: str,
+    choices: tuple[str, ...] = (),
+    metavar: str | None = None,
+    parse: Callable[[str], Any] | None = None,
+    hidden: bool = False,
+    cli_default: Any = MISSING,
+) -> Any:
+    """A TrainConfig field with its `vgg-jax train` flag described in its metadata.
+
+    The flag is `--` + the field name with dashes; its value is parsed by the field's type (int, float, str; a bool
+    is a switch, a `bool | None` a --X/--no-X pair that leaves None when neither is given) or by `parse` (text ->
+    value, for a type the command line cannot spell, e.g. widths '8,8,16,16,16'). `choices` is the closed set
+    validate() checks and --help lists; `hidden` keeps the flag out of --help; `cli_default` is the command's
+    default where it differs from the library's. A field made without option() has no flag.
+    """
+    facts = {"help": help, "choices": choices, "metavar": metavar, "parse": parse, "hidden": hidden}
+    if cli_default is not MISSING:
+        facts["cli_default"] = cli_default
+    return dataclasses.field(default=default, metadata=facts)
+
+
+def parse_widths(spec: str) -> tuple[int, ...] | None:
+    """'8,8,16,16,16' -> (8, 8, 16, 16, 16); '' -> None. The values themselves are checked by validate()."""
+    if not spec:
+        return None
+    try:
+        return tuple(int(w) for w in spec.split(","))
+    except ValueError:
+        _refuse("widths", "expects comma-separated integers, e.g. 8,8,16,16,16", spec)
+
+
 @dataclass(frozen=True)
 class TrainConfig:
-    data: str  # folder ROOT/{train,valid}/{class}/* or tfds:NAME[:SPLIT]
-    out: str  # run folder
-    weights: str | None = None  # params file, Keras file, "imagenet", or None/"random" for a random backbone
-    arch: str = "vgg16"
-    widths: tuple[int, ...] | None = None  # small variants (tests, quick checks); None = VGG's 64..512
-    fc_units: int | None = None  # None = 4096
-    top: str = "fc"  # "fc" keeps fc1/fc2 (recipe); "avg"/"max" pool block5; "mlp:256[,...]" new layers on it
-    image_size: int = 224
-    resize: str = "squash"
-    interpolation: str = "nearest"  # Keras' load_img/flow_from_directory default, which the recipe used
-    epochs: int = 1
-    batch_size: int = 32  # global: split over every device of every process
-    eval_batch_size: int | None = None  # None = batch_size
-    optimizer: str = "adam"
-    lr: float = 1e-3
-    momentum: float = 0.9
-    schedule: str = "constant"  # or "cosine" (with warmup_steps)
-    warmup_steps: int = 0
-    clip_norm: float | None = None
-    freeze_through: str = "fc2"
-    lr_mult: str | None = None  # e.g. "conv=0.1,fc=0.5"
-    dropout: float = 0.5  # after fc1 and fc2 (and MLP layers) in training, frozen or not, as Keras applied it
-    augment: bool = False
-    seed: int = 0
-    valid_fraction: float | None = None
-    labels_from_filename: str | None = None  # regex whose first group is the label, for a flat folder of images
-    tfds_manual_dir: str | None = None  # where tfds finds manually downloaded archives
-    cache_features: bool | None = None  # None = on when the cut is block4_pool or above and augment is off
-    cache_dtype: str = "float32"  # or "bfloat16": half the disk and memory for cached features
-    checkpoint_every: int = 0  # steps between mid-epoch checkpoints; 0 = epoch ends only
-    keep_checkpoints: int = 3
-    dtype: str = "float32"  # or "bfloat16" (params stay float32)
-    shard_fc: bool = False  # split fc1/fc2 kernels (and their Adam moments) across devices
-    log_every: int = 10
+    data: str = option(help="ROOT with train/ and valid/ class subfolders, ROOT/{class}/*, or tfds:NAME[:SPLIT]")
+    out: str = option(help="run folder (checkpoints, metrics.jsonl, curves.png, run.json)")
+    weights: str | None = option(
+        None,  # the library's default: a random backbone; the command's: the ImageNet weights
+        help="params file from `vgg-jax convert`, a Keras .h5/.keras file, 'imagenet' (the official Keras file, "
+        "downloaded once, md5-checked, converted and cached), or 'random' (a random backbone)",
+        cli_default="imagenet",
+    )
+    arch: str = option("vgg16", help="VGG depth (Keras publishes ImageNet weights for vgg16 and vgg19)",
+                       choices=tuple(DEPTHS))  # fmt: skip
+    widths: tuple[int, ...] | None = option(
+        None, help="conv widths of the five stages, e.g. 8,8,16,16,16 (small test variants; default: VGG's 64..512)",
+        parse=parse_widths, hidden=True,
+    )  # fmt: skip
+    fc_units: int | None = option(None, help="units of fc1 and fc2 (small test variants; default: 4096)", hidden=True)
+    top: str = option(
+        "fc",
+        help="fc: fc1/fc2 as in the recipe; avg/max: global pooling; mlp:UNITS[,UNITS...]: new Dense+ReLU+dropout "
+        "layers on block5_pool, e.g. mlp:256",
+    )
+    image_size: int = option(224, help=f"side of the square network input, in pixels (>= {MIN_IMAGE_SIZE})")
+    resize: str = option(
+        "squash",
+        help="squash (the recipe), center-crop (the central square) or pad (fit the long side, pad with the mean)",
+        choices=RESIZE_MODES,
+    )
+    interpolation: str = option(
+        "nearest",
+        help="nearest (what the recipe's flow_from_directory used) or bilinear (Pillow's, antialiased)",
+        choices=INTERPOLATIONS,
+    )
+    epochs: int = option(1, help="passes over the training data")
+    batch_size: int = option(32, help="global batch size: split over every device of every process")
+    eval_batch_size: int | None = option(None, help="batch size for validation (default: --batch-size)")
+    optimizer: str = option("adam", help="adam, or sgd with --momentum", choices=OPTIMIZERS)
+    lr: float = option(1e-3, help="learning rate (the peak, with --warmup-steps or --schedule cosine)")
+    momentum: float = option(0.9, help="SGD momentum")
+    schedule: str = option(
+        "constant", help="learning rate over the run: constant, or cosine decay to 0 (after --warmup-steps)",
+        choices=SCHEDULES,
+    )  # fmt: skip
+    warmup_steps: int = option(0, help="steps of linear warmup from 0 to --lr")
+    clip_norm: float | None = option(None, help="clip the trainable gradients' global norm")
+    freeze_through: str = option(
+        "fc2", help="freeze this layer and all below (fc2 = the recipe: head only)", choices=POLICIES
+    )
+    lr_mult: str | None = option(None, help="per-group learning-rate factors, e.g. conv=0.1,fc=0.5")
+    dropout: float = option(
+        0.5,
+        help="dropout rate after fc1 and fc2 (and MLP layers) in training, frozen or not, as Keras applied it; 0 = off",
+    )
+    augment: bool = option(False, help="random crop + horizontal flip (off in the recipe)")
+    seed: int = option(0, help=f"random seed (initialisation, shuffles, augmentation, dropout), 0 to {MAX_SEED}")
+    valid_fraction: float | None = option(
+        None, help="hold out this share of train when there is no valid split (folders: 0.1)"
+    )
+    labels_from_filename: str | None = option(
+        None,
+        help="label a flat folder of images by the first group of REGEX on each file name, e.g. '^(cat|dog)\\.'"
+        " (default: <label>.<id>.jpg names are detected)",
+        metavar="REGEX",
+    )
+    tfds_manual_dir: str | None = option(None, help="where tensorflow-datasets looks for manually downloaded archives")
+    cache_features: bool | None = option(
+        None,  # None: on when the cut is block4_pool or above and augment is off
+        help="compute the frozen layers' output once, store it memory-mapped, train only what lies above "
+        "(default for the fc1/fc2/block5_pool/block4_pool cuts without --augment)",
+    )
+    cache_dtype: str = option(
+        "float32", help="how cached features are stored (bfloat16: half the disk and memory)", choices=CACHE_DTYPES
+    )
+    checkpoint_every: int = option(0, help="also checkpoint every N steps; 0 = at epoch ends only")
+    keep_checkpoints: int = option(3, help="the last N checkpoints kept (and the best by validation loss)")
+    dtype: str = option(
+        "float32",
+        help="compute dtype (params, loss and optimizer stay float32); bfloat16 recommended on GPU/TPU",
+        choices=DTYPES,
+    )
+    shard_fc: bool = option(False, help="split fc1/fc2 weights and their optimizer state across devices")
+    log_every: int = option(10, help="steps between logged training metrics")
 
     def to_json(self) -> dict:
         """The config as a JSON-able dict (run.json)."""
         return dataclasses.asdict(self)
 
     def validate(self) -> None:
-        """Raises UserError naming the first bad value and its CLI flag; touches no file."""
+        """ConfigError (a UserError, so a ValueError) naming the first bad field and its value; touches no file."""
         self._check_choices()
         self._check_counts()
         self._check_numbers()
         self._check_shape()
 
     def _check_choices(self) -> None:
-        from vgg_jax.models.arch import DEPTHS
         from vgg_jax.models.classifier import is_top
-        from vgg_jax.models.freeze import POLICIES
-        from vgg_jax.data.resize import INTERPOLATIONS, RESIZE_MODES
 
-        choices = {"arch": tuple(DEPTHS), "optimizer": OPTIMIZERS, "schedule": SCHEDULES, "resize": RESIZE_MODES,
-                   "interpolation": INTERPOLATIONS, "dtype": DTYPES, "cache_dtype": CACHE_DTYPES,
-                   "freeze_through": POLICIES}  # fmt: skip
-        for name, allowed in choices.items():
-            if getattr(self, name) not in allowed:
-                _refuse(name, f"must be one of {', '.join(allowed)}", getattr(self, name))
+        for field in dataclasses.fields(self):
+            if (allowed := field.metadata.get("choices")) and getattr(self, field.name) not in allowed:
+                _refuse(field.name, f"must be one of {', '.join(allowed)}", getattr(self, field.name))
         if not isinstance(self.top, str) or not is_top(self.top):
             _refuse("top", "must be fc, avg, max or mlp:UNITS[,UNITS...] (e.g. mlp:256 or mlp:512,128)", self.top)
         if not isinstance(self.out, str) or not self.out:
@@ -95,8 +176,6 @@ class TrainConfig:
             _refuse("seed", f"must be an integer in [0, {MAX_SEED}]", self.seed)
 
     def _check_numbers(self) -> None:
-        from vgg_jax.models.freeze import parse_lr_mults
-
         if not _is_real(self.lr) or not self.lr > 0:
             _refuse("lr", "must be finite and > 0", self.lr)
         if not _is_real(self.momentum) or not 0 <= self.momentum < 1:
@@ -122,8 +201,6 @@ class TrainConfig:
             _refuse("labels_from_filename", rule, self.labels_from_filename)
 
     def _check_shape(self) -> None:
-        from vgg_jax.models.arch import WIDTHS
-
         _check_int("image_size", self.image_size, MIN_IMAGE_SIZE, "(VGG's five 2x2 max-poolings need 32 pixels)")
         widths = self.widths
         if widths is not None and (
@@ -143,10 +220,6 @@ class TrainConfig:
         values.setdefault("interpolation", "bilinear")  # runs from before 0.3 were resized bilinearly
         return cls(**values)
 
-    def replace(self, **changes) -> TrainConfig:
-        """A copy with `changes` applied."""
-        return dataclasses.replace(self, **changes)
-
 
 # Fields that may differ when resuming or evaluating a run: where things are, not what is trained.
 RUN_LOCAL_FIELDS = frozenset(
@@ -154,13 +227,8 @@ RUN_LOCAL_FIELDS = frozenset(
 )
 
 
-def flag(name: str) -> str:
-    """The CLI flag of a config field: 'batch_size' -> '--batch-size'."""
-    return "--" + name.replace("_", "-")
-
-
 def _refuse(name: str, rule: str, value) -> NoReturn:
-    raise UserError(f"{flag(name)} {rule}. Received: {value!r}")
+    raise ConfigError(name, f"{rule}. Received: {value!r}")
 
 
 def _is_int(value) -> bool:
