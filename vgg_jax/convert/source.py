@@ -113,6 +113,8 @@ def open_source(path: str | Path) -> Iterator[Source]:
         try:
             refuse_other_files(path, f)
             source = _read_layers(path, f, archive)
+        except UserError:  # already names the file and the problem (a UserError is a ValueError too)
+            raise
         except (KeyError, OSError, ValueError) as e:
             raise UserError(f"{path}: unreadable Keras weights ({first_line(e)}); the file may be truncated") from None
         try:
