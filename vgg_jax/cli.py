@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import logging
 import sys
 import typing
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from vgg_jax.errors import ConfigError, UserError
+from vgg_jax.log import LOGGER
 from vgg_jax.train.config import TrainConfig
 
 
@@ -165,6 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = Parser(prog="vgg-jax", description="Keras VGG16 weights in JAX/Flax: convert, classify, train.")
     sub = parser.add_subparsers(dest="command", required=True)
+    parser.commands = sub.choices  # name -> its parser, which words the library's messages in its flags
 
     p = sub.add_parser("convert", help="convert a Keras VGG weights file (any Keras version) to a params file")
     convert_arguments(p)
@@ -314,10 +318,14 @@ def main(argv: list[str] | None = None) -> int:
         args = parser.parse_args(argv)
     if args.command not in ("convert",):  # convert never touches jax
         enable_compilation_cache()
+    words = parser.commands[args.command].flag_words if args.command in parser.commands else str
+    args.flag_words = words
+    spoken = _FlagWords(words)
+    LOGGER.addFilter(spoken)
     try:
         return args.func(args)
     except UserError as e:
-        print(f"vgg-jax: error: {e}", file=sys.stderr)
+        print(f"vgg-jax: error: {words(str(e))}", file=sys.stderr)
         return 2
     except OSError as e:  # the environment (full or read-only disk, permissions) where no UserError names it
         from vgg_jax.fileio import os_reason
@@ -328,6 +336,20 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("vgg-jax: interrupted", file=sys.stderr)
         return 130
+    finally:
+        LOGGER.removeFilter(spoken)
+
+
+class _FlagWords(logging.Filter):
+    """Words the library's log lines as the command line speaks: its settings become this command's flags."""
+
+    def __init__(self, words: Callable[[str], str]):
+        super().__init__()
+        self.words = words
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.msg, record.args = self.words(record.getMessage()), None
+        return True
 
 
 if __name__ == "__main__":

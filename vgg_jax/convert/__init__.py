@@ -104,9 +104,9 @@ class Report:
 
     @property
     def inferred(self) -> list[tuple[str, Convention]]:
-        """The conventions that were guessed from the layout, with the option that overrides each."""
-        pairs = [("--kernels", self.kernels)] + ([("--fc1-order", self.fc1)] if self.fc1 else [])
-        return [(flag, c) for flag, c in pairs if c.source == "inferred"]
+        """The conventions that were guessed from the layout, with the setting that overrides each."""
+        pairs = [("kernels", self.kernels)] + ([("fc1_order", self.fc1)] if self.fc1 else [])
+        return [(name, c) for name, c in pairs if c.source == "inferred"]
 
     def __str__(self) -> str:
         lines = [f"source        {self.source}", f"sha256        {self.source_sha256}"]
@@ -125,8 +125,8 @@ class Report:
             lines.append(f"fc1 rows      {LABELS[self.fc1.value]} [{self.fc1.source}] {self.fc1.reason}")
         lines.append(f"transforms    {'; '.join(self.transforms) or 'none (already canonical)'}")
         if self.inferred:
-            what = " and ".join("kernel convention" if f == "--kernels" else "fc1 row order" for f, _ in self.inferred)
-            tries = " or ".join(f"{flag} {OTHER[c.value]}" for flag, c in self.inferred)
+            what = " and ".join("kernel convention" if f == "kernels" else "fc1 row order" for f, _ in self.inferred)
+            tries = " or ".join(f"`{name}={OTHER[c.value]}`" for name, c in self.inferred)
             lines.append(
                 f"warning       {what} inferred, not recorded in the file: if {self._sanity_check()} gives nonsense, "
                 f"try {tries}"
@@ -201,7 +201,7 @@ def _planned(
             p.finetuned.class_names, classes_line = finetuned_top.class_names(source.path, classes, p.classes)
         elif classes is not None:
             raise UserError(
-                f"{src}: --classes names the classes of a fine-tuned model's head; this file is a VGG "
+                f"{src}: `classes` names the classes of a fine-tuned model's head; this file is a VGG "
                 + ("with its ImageNet-style top" if p.include_top else "without a top")
             )
         report = Report(

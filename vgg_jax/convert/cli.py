@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import re
 import sys
 from pathlib import Path
 
@@ -32,6 +33,9 @@ def _shows_default(action: argparse.Action) -> bool:
     return bool(action.option_strings) and action.nargs != 0 and action.default not in (None, argparse.SUPPRESS)
 
 
+SETTING = re.compile(r"`(\w+)(?:=([^`]*))?`")  # how the library writes a setting in a message: `name` or `name=value`
+
+
 class Parser(argparse.ArgumentParser):
     """argparse with the house habits: every --help shows defaults, and abbreviated flags are refused."""
 
@@ -39,6 +43,31 @@ class Parser(argparse.ArgumentParser):
         kwargs.setdefault("formatter_class", HelpFormatter)
         kwargs.setdefault("allow_abbrev", False)
         super().__init__(*args, **kwargs)
+
+    def flag_words(self, text: str) -> str:
+        """`text` as this command says it: each `setting` or `setting=value` the library wrote becomes the flag that
+        sets it (`freeze_through=fc2` -> --freeze-through fc2, `cache_features=False` -> --no-cache-features).
+        Settings this command has no flag for keep the library's words."""
+        by_dest: dict[str, list[argparse.Action]] = {}
+        for action in self._actions:
+            if action.option_strings and action.dest != "help":
+                by_dest.setdefault(action.dest, []).append(action)
+
+        def spoken(match: re.Match) -> str:
+            actions, value = by_dest.get(match.group(1)), match.group(2)
+            if not actions:
+                return match.group(0)
+            switch = next((a for a in actions if a.nargs == 0 and str(a.const) == value), None)
+            if switch is not None:
+                return _long(switch)
+            return _long(actions[0]) + ("" if value is None else f" {value}")
+
+        return SETTING.sub(spoken, text)
+
+
+def _long(action: argparse.Action) -> str:
+    """The action's --long option string (its first one when it has none)."""
+    return next((o for o in action.option_strings if o.startswith("--")), action.option_strings[0])
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -93,6 +122,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Converts (or downloads and converts) as `args` say; `args.flag_words` words the report for this command."""
     from vgg_jax.convert import TopOptions, convert_file
     from vgg_jax.convert.download import fetch
     from vgg_jax.fileio import check_writable
@@ -111,7 +141,7 @@ def run(args: argparse.Namespace) -> int:
     classes = [c.strip() for c in args.classes.split(",")] if args.classes is not None else None
     top = TopOptions(classes, args.image_size, args.pooling)
     report = convert_file(source, output, args.arch, args.include_top, args.kernels, args.fc1_order, top)
-    print(report)
+    print(args.flag_words(str(report)))
     if args.check:
         import numpy as np
 
@@ -134,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
     add_arguments(parser)
     args = parser.parse_args(argv)
     try:
-        return run(args)
+        return run(argparse.Namespace(**vars(args), flag_words=parser.flag_words))
     except UserError as e:
-        print(f"convert: error: {e}", file=sys.stderr)
+        print(f"convert: error: {parser.flag_words(str(e))}", file=sys.stderr)
         return 2

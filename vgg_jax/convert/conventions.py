@@ -35,7 +35,7 @@ def kernel_convention(
 ) -> Convention:
     """Theano (true convolution) or TensorFlow (correlation) kernels, and how we know."""
     if override is not None:
-        return Convention(override, "override", f"--kernels {override}")
+        return Convention(override, "override", f"`kernels={override}`")
     if official:
         return Convention("tf", "known", f"official Keras release file {official} (keras.applications loads it as is)")
     if backend == "theano":
@@ -56,7 +56,7 @@ def kernel_convention(
 def fc1_order(path: Path, config: dict | None, layout: str, override: str | None, official: str | None) -> Convention:
     """The row order of fc1, from the model config's Flatten when the file has one, else from the kernel layout."""
     if override is not None:
-        return Convention(override, "override", f"--fc1-order {override}")
+        return Convention(override, "override", f"`fc1_order={override}`")
     if official:
         return Convention("hwc", "known", f"official Keras release file {official} (channels_last)")
     recorded = _recorded_fc1_order(path, config)
@@ -84,7 +84,7 @@ def _recorded_fc1_order(path: Path, config: dict | None) -> Convention | None:
     if flatten_format in CHANNELS_FIRST and incoming == "channels_last":
         raise UserError(
             f"{path}: the model config has Flatten(data_format='channels_first') after channels_last layers, which "
-            "orders fc1 rows (w,c,h); vgg-jax does not convert that (pass --fc1-order if you know the rows' order)"
+            "orders fc1 rows (w,c,h); vgg-jax does not convert that (pass `fc1_order` if you know the rows' order)"
         )
     if flatten_format in CHANNELS_FIRST:
         return Convention("hwc", "recorded", "model config: Flatten(data_format='channels_first') reorders to (h,w,c)")

@@ -151,7 +151,7 @@ def plan(
     if tail is not None:
         pool, hidden, head = _from_config(path, tail, denses)
         if pooling and pool in ("avg", "max") and pooling != pool:
-            raise UserError(f"{path}: --pooling {pooling}, but the model config has {pool} pooling; drop --pooling")
+            raise UserError(f"{path}: `pooling={pooling}`, but the model config has {pool} pooling; drop `pooling`")
     else:
         pool, hidden, head = _from_shapes(path, denses, width, pooling)
         notes.append(
@@ -219,19 +219,19 @@ def _from_shapes(
     path: Path, denses: list[Layer], width: int, pooling: str | None
 ) -> tuple[str | None, list[Dense], Dense]:
     """Without a model config: a Flatten when the first Dense takes more than the last conv's width, a global
-    pooling (which one only --pooling can say) when it takes exactly that many and is the head."""
+    pooling (which one only `pooling` can say) when it takes exactly that many and is the head."""
     found = [Dense(layer, None) for layer in denses]
     hidden, head = found[:-1], found[-1]
     if hidden or head.fan_in != width:
         if pooling:
             raise UserError(
-                f"{path}: --pooling {pooling}, but the head takes {head.fan_in} features, not a pooled {width}"
+                f"{path}: `pooling={pooling}`, but the head takes {head.fan_in} features, not a pooled {width}"
             )
         return "flatten", hidden, head
     if pooling is None:
         raise UserError(
             f"{path}: no model config says what lies between the VGG and the head '{head.name}' ({width} features: "
-            "global average or max pooling); pass --pooling avg or --pooling max, or convert the .keras or "
+            "global average or max pooling); pass `pooling=avg` or `pooling=max`, or convert the .keras or "
             "model.save .h5 file, which records it"
         )
     return pooling, [], head
@@ -302,7 +302,7 @@ def _check_chain(path: Path, pool: str | None, hidden: list[Dense], head: Dense,
 def image_size_of(
     path: Path, config: dict | None, rows_layer: Layer | None, width: int, override: int | None
 ) -> tuple[int, str]:
-    """(image side, where it comes from): --image-size, the config's Input shape, the rows of the Dense on the
+    """(image side, where it comes from): `image_size`, the config's Input shape, the rows of the Dense on the
     Flatten ((S/32)^2 * width), else 224 assumed. UserError when the rows fit no such side or not the one given."""
     side = None
     if rows_layer is not None:
@@ -315,18 +315,18 @@ def image_size_of(
             )
     recorded = input_size(path, config)
     if override is not None:
-        size, source = override, "--image-size"
+        size, source = override, "`image_size`"
     elif recorded is not None:
         size, source = recorded, "model config Input shape"
     elif side is not None:
         size, source = 32 * side, f"inferred from the rows of {rows_layer.name.split('/')[-1]} ({side}x{side}x{width})"
     else:
-        size, source = arch.IMAGE_SIZE, "assumed: no input size recorded; pass --image-size to set it"
+        size, source = arch.IMAGE_SIZE, "assumed: no input size recorded; pass `image_size` to set it"
     if side is not None and size // 32 != side:
         raise UserError(
             f"{path}: layer '{rows_layer.name.split('/')[-1]}' takes the Flatten of a {side}x{side}x{width} "
             f"block5_pool ({32 * side}x{32 * side} images), not of {size}x{size} images ({source})"
-            + ("; pass --image-size to set it" if source != "--image-size" else "")
+            + ("; pass `image_size` to set it" if source != "`image_size`" else "")
         )
     return size, source
 
@@ -347,19 +347,19 @@ def input_size(path: Path, config: dict | None) -> int | None:
 
 
 def class_names(path: Path, given: list[str] | None, count: int) -> tuple[list[str], str]:
-    """The class names (--classes, else class_0, class_1, ...) and the report's line about them."""
+    """The class names (`classes`, else class_0, class_1, ...) and the report's line about them."""
     if given is None:
         names = [f"class_{i}" for i in range(count)]
         return (
             names,
-            f"{', '.join(names)} (a Keras model does not record class names: set them with --classes NAME,NAME...)",
+            f"{', '.join(names)} (a Keras model does not record class names: set them with `classes=NAME,NAME...`)",
         )
     if len(given) != count or len(set(given)) != count or not all(given):
         raise UserError(
-            f"{path}: --classes gives {len(given)} name(s) ({', '.join(given)}), the head has {count} classes; "
+            f"{path}: `classes` gives {len(given)} name(s) ({', '.join(given)}), the head has {count} classes; "
             f"give {count} distinct non-empty names, in label order"
         )
-    return list(given), f"{', '.join(given)} (from --classes)"
+    return list(given), f"{', '.join(given)} (from `classes`)"
 
 
 def transforms(fine: FineTuned) -> list[str]:

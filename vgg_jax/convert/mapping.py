@@ -98,9 +98,9 @@ def plan(source: Source, choices: Choices = Choices()) -> Plan:
     """
     c = choices
     if c.kernels not in (None, "tf", "theano"):
-        raise UserError(f"--kernels must be 'tf' or 'theano'. Received: {c.kernels!r}")
+        raise UserError(f"`kernels` must be 'tf' or 'theano'. Received: {c.kernels!r}")
     if c.fc1_order not in (None, "hwc", "chw"):
-        raise UserError(f"--fc1-order must be 'hwc' or 'chw'. Received: {c.fc1_order!r}")
+        raise UserError(f"`fc1_order` must be 'hwc' or 'chw'. Received: {c.fc1_order!r}")
     path = source.path
     convs = [l for l in source.layers if l.kind == "conv"]
     denses = [l for l in source.layers if l.kind == "dense"]
@@ -335,7 +335,7 @@ def _conv_mapping(source: Source, convs: list[Layer], want_arch: str | None) -> 
 def _wrong_arch(path, detected: str, count: int, wanted: str) -> UserError:
     return UserError(
         f"{path}: looks like {detected.upper()} ({count} conv layers), not {wanted.upper()}; "
-        f"pass --arch {detected} or leave --arch out"
+        f"pass `arch={detected}` or leave `arch` out"
     )
 
 

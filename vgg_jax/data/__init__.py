@@ -61,7 +61,7 @@ def open_source(
     """
     spec = os.fspath(spec)
     if spec.startswith("tfds:") and labels_from_filename is not None:
-        raise UserError(f"{spec}: --labels-from-filename applies to image folders only; drop it for a tfds data set")
+        raise UserError(f"{spec}: `labels_from_filename` applies to image folders only; drop it for a tfds data set")
     if spec.startswith("tfds:"):
         from vgg_jax.data.tfds import open_tfds
 

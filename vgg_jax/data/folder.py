@@ -65,14 +65,14 @@ def open_folder(
         source = _carve(_open_split(train_dir, False, labels_from_filename), split, fraction, seed)
         if valid_fraction is None and split == "valid":
             source.notes.append(
-                f"no valid/ folder: holding out {fraction:.0%} of train (--valid-fraction {fraction}, seed {seed})"
+                f"no valid/ folder: holding out {fraction:.0%} of train (`valid_fraction={fraction}`, seed {seed})"
             )
         return source
     if split == "train":
         return _open_split(train_dir, False, labels_from_filename)
     if found["valid"] is None:
         raise UserError(
-            f"{root}: no valid/ folder; pass a valid fraction (e.g. --valid-fraction 0.1) to hold out part of {train_dir}"
+            f"{root}: no valid/ folder; pass a valid fraction (e.g. `valid_fraction=0.1`) to hold out part of {train_dir}"
         )
     source = _open_split(found["valid"], False, labels_from_filename)
     train_classes = _class_dirs(found["train"])[0] if found["train"] is not None else []
@@ -127,7 +127,7 @@ def _open_split(folder: Path, allow_unlabelled: bool, label_pattern: str | None 
         return _open_flat(folder, direct, passed + direct_passed, label_pattern)
     if label_pattern is not None:
         raise UserError(
-            f"{folder}: no images directly inside for --labels-from-filename to label; drop it to use the class folders"
+            f"{folder}: no images directly inside for `labels_from_filename` to label; drop it to use the class folders"
         )
     if not classes:
         raise UserError(
@@ -151,7 +151,7 @@ def _open_flat(folder: Path, files: list[str], passed: Passed, pattern: str | No
     found = _flat_labels(folder, files, pattern)
     classes = sorted(set(found))
     if len(classes) < 2:
-        how = f"--labels-from-filename {pattern!r}" if pattern is not None else "file names"
+        how = f"`labels_from_filename={pattern!r}`" if pattern is not None else "file names"
         raise UserError(
             f"{printable(str(folder))}: {how} give{'s' if pattern else ''} one label ({printable(classes[0])});"
             " need at least 2 (e.g. cat.1.jpg and dog.1.jpg), or put the images in one subfolder per class"
@@ -159,7 +159,7 @@ def _open_flat(folder: Path, files: list[str], passed: Passed, pattern: str | No
     index = {c: i for i, c in enumerate(classes)}
     source = _checked(str(folder), folder, files, np.asarray([index[c] for c in found], np.int32), classes, passed)
     counts = np.bincount(source.labels, minlength=len(classes))
-    how = "" if pattern is None else f" (--labels-from-filename {pattern!r})"
+    how = "" if pattern is None else f" (`labels_from_filename={pattern!r}`)"
     source.notes.append(f"labels from file names{how}: " + ", ".join(f"{c} {n:,}" for c, n in zip(classes, counts)))
     return source
 
@@ -172,17 +172,17 @@ def _flat_labels(folder: Path, files: list[str], pattern: str | None) -> list[st
     if missing and rx is None and len(missing) == len(files):
         raise UserError(
             f"{printable(str(folder))}: images but no class subfolders; expected {folder}/<class>/*.jpg with one"
-            " subfolder per class, images named <label>.<id>.jpg (cat.1.jpg), or --labels-from-filename REGEX"
+            " subfolder per class, images named <label>.<id>.jpg (cat.1.jpg), or `labels_from_filename=REGEX`"
         )
     if missing:
         more = f", +{len(missing) - 3} more" if len(missing) > 3 else ""
         listed = ", ".join(printable(f) for f in missing[:3]) + more
         problem = (
-            f"--labels-from-filename {pattern!r} does not match {len(missing):,} of {len(files):,} images ({listed});"
+            f"`labels_from_filename={pattern!r}` does not match {len(missing):,} of {len(files):,} images ({listed});"
             " fix the pattern or move those files out"
             if rx is not None
             else f"{len(missing):,} of {len(files):,} images are not named <label>.<id>.<ext> ({listed}); rename or"
-            " move them, or pass --labels-from-filename REGEX"
+            " move them, or pass `labels_from_filename=REGEX`"
         )
         raise UserError(f"{printable(str(folder))}: {problem}")
     bad = next((f for f, label in zip(files, found) if not is_utf8(label)), None)
@@ -207,10 +207,10 @@ def filename_pattern(pattern: str) -> re.Pattern:
     try:
         rx = re.compile(pattern)
     except (re.error, TypeError) as e:
-        raise UserError(f"--labels-from-filename {pattern!r}: not a regular expression ({e})") from None
+        raise UserError(f"`labels_from_filename={pattern!r}`: not a regular expression ({e})") from None
     if rx.groups < 1:
         raise UserError(
-            f"--labels-from-filename {pattern!r}: has no group; put the label in parentheses, e.g. '^(cat|dog)\\.'"
+            f"`labels_from_filename={pattern!r}`: has no group; put the label in parentheses, e.g. '^(cat|dog)\\.'"
         )
     return rx
 

@@ -207,7 +207,7 @@ def _split_name(builder: Any, name: str, split: str, valid_fraction: float | Non
     if valid_fraction is None:
         if split == "valid" and valid is None:
             raise UserError(
-                f"tfds:{name} has no validation split; pass a valid fraction (e.g. --valid-fraction 0.1) to hold out part of train"
+                f"tfds:{name} has no validation split; pass a valid fraction (e.g. `valid_fraction=0.1`) to hold out part of train"
             )
         return valid if split == "valid" else "train"
     if valid is not None:

@@ -34,7 +34,7 @@ def load_run(run_dir: str | Path, weights: str | None = None, which: str | int =
     resolved = _run_weights(run_dir, info["weights"], weights)
     if resolved.sha256 != info["weights"]["sha256"]:
         raise UserError(
-            f"{resolved.path}: not the weights file run {run_dir} was trained with (sha256 differs); pass --weights"
+            f"{resolved.path}: not the weights file run {run_dir} was trained with (sha256 differs); pass `weights`"
         )
     classes = info["classes"]
     run = build_run(cfg, parallel.make_mesh(), len(classes), resolved)  # inference: no optimizer is built
@@ -44,7 +44,7 @@ def load_run(run_dir: str | Path, weights: str | None = None, which: str | int =
     finally:
         checkpoints.close()
     if found is None:
-        raise UserError(f"{run_dir}: no usable checkpoint yet; train first (or --resume the run)")
+        raise UserError(f"{run_dir}: no usable checkpoint yet; train first (or `resume` the run)")
     step, params, _ = found
     say(f"{run_dir}: checkpoint step {step}; weights: {resolved.label}")
     return cfg, classes, RunModel(run.eval_fn(), run.mesh, step, run.model), params, run.frozen
@@ -98,10 +98,10 @@ def evaluate(
     from vgg_jax.inference import report
 
     if top_losses < 1:
-        raise UserError(f"--top-losses must be an integer >= 1. Received: {top_losses}")
+        raise UserError(f"`top_losses` must be an integer >= 1. Received: {top_losses}")
     folder = Path(report_dir) if report_dir is not None else Path(run_dir) / "eval"
     if folder.exists() and not folder.is_dir():
-        raise UserError(f"{folder}: exists and is not a folder; give --report a folder")
+        raise UserError(f"{folder}: exists and is not a folder; give `report` a folder")
     check_writable(folder / "report.json", "report")  # before any checkpoint is loaded
     cfg, classes, run_model, trainable, frozen = load_run(run_dir)
     spec = data_spec or cfg.data
@@ -207,9 +207,9 @@ def predict(
     from vgg_jax import data
 
     if fmt not in FORMATS:
-        raise UserError(f"--format must be kaggle or full. Received: {fmt!r}")
+        raise UserError(f"`format` must be kaggle or full. Received: {fmt!r}")
     if clip is not None and not 0 <= clip < 0.5:
-        raise UserError(f"--clip must be in [0, 0.5). Received: {clip}")
+        raise UserError(f"`clip` must be in [0, 0.5). Received: {clip}")
     out = Path(csv_path or Path(run_dir) / "predictions.csv")
     check_writable(out, "CSV")  # before any checkpoint is loaded
     cfg, classes, run_model, trainable, frozen = load_run(run_dir)

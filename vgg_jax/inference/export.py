@@ -51,14 +51,14 @@ def output_format(out: str | Path, fmt: str | None) -> str:
     name = Path(out).name
     if fmt is not None:
         if fmt not in FORMATS:
-            raise UserError(f"--format must be one of {', '.join(FORMATS)}. Received: {fmt!r}")
+            raise UserError(f"`format` must be one of {', '.join(FORMATS)}. Received: {fmt!r}")
         if fmt in KERAS_SUFFIXES and not (name.endswith(KERAS_SUFFIXES[fmt]) and name != KERAS_SUFFIXES[fmt]):
             raise UserError(f"{out}: a {fmt} export must be named *{KERAS_SUFFIXES[fmt]} (Keras loads no other name)")
         return fmt
     found = next((f for suffix, f in SUFFIXES.items() if name.endswith(suffix) and name != suffix), None)
     if found is None:
         raise UserError(
-            f"{out}: cannot tell the export format from the name; give --format ({', '.join(FORMATS)}) "
+            f"{out}: cannot tell the export format from the name; give `format` ({', '.join(FORMATS)}) "
             f"or a name ending in {', '.join(SUFFIXES)}"
         )
     return found

@@ -27,18 +27,18 @@ def group_of(layer: str) -> str:
 def trainable_layers(params: Mapping[str, Any], freeze_through: str) -> set[str]:
     """Names of the top-level layers left trainable by the policy; errors if it matches nothing."""
     if freeze_through not in POLICIES:
-        raise UserError(f"--freeze-through must be one of {', '.join(POLICIES)}. Received: {freeze_through!r}")
+        raise UserError(f"`freeze_through` must be one of {', '.join(POLICIES)}. Received: {freeze_through!r}")
     groups = {group_of(layer) for layer in params}
     # fc1/fc2 on a top without them (pooled, MLP) mean what they mean on the fc top: everything below the head.
     no_fc = freeze_through in ("fc1", "fc2") and not groups & {"fc1", "fc2"}
     if freeze_through != "none" and freeze_through not in groups and not no_fc:
         raise UserError(
-            f"--freeze-through {freeze_through} matches no parameter; this model has {', '.join(g for g in ORDER if g in groups)}"
+            f"`freeze_through={freeze_through}` matches no parameter; this model has {', '.join(g for g in ORDER if g in groups)}"
         )
     cut = -1 if freeze_through == "none" else ORDER.index(freeze_through)
     trainable = {layer for layer in params if ORDER.index(group_of(layer)) > cut}
     if not trainable:
-        raise UserError(f"--freeze-through {freeze_through} leaves nothing trainable")
+        raise UserError(f"`freeze_through={freeze_through}` leaves nothing trainable")
     return trainable
 
 
@@ -65,17 +65,17 @@ def parse_lr_mults(spec: str | None, freeze_through: str | None = None) -> dict[
         try:
             factor = float(value)
         except ValueError:
-            raise UserError(f"--lr-mult expects GROUP=FACTOR items (e.g. conv=0.1). Received: {item!r}") from None
+            raise UserError(f"`lr_mult` expects GROUP=FACTOR items (e.g. conv=0.1). Received: {item!r}") from None
         if factor <= 0:
-            raise UserError(f"--lr-mult {name}={value}: factors must be > 0; freeze with --freeze-through instead")
+            raise UserError(f"`lr_mult={name}={value}`: factors must be > 0; freeze with `freeze_through` instead")
         groups = {"conv": ORDER[:5], "fc": ("fc1", "fc2")}.get(name, (name,))
         for group in groups:
             if group not in ORDER:
-                raise UserError(f"--lr-mult: unknown group {name!r}; use conv, fc, {', '.join(ORDER)}")
+                raise UserError(f"`lr_mult`: unknown group {name!r}; use conv, fc, {', '.join(ORDER)}")
             mults[group] = factor
         if freeze_through and all(_frozen(g, freeze_through) for g in groups):
             raise UserError(
-                f"--lr-mult {item.strip()}: {name} is frozen by --freeze-through {freeze_through}; "
+                f"`lr_mult={item.strip()}`: {name} is frozen by `freeze_through={freeze_through}`; "
                 "drop it or freeze less"
             )
     return mults

@@ -2,7 +2,7 @@
 how they are read into it (`load_backbone`: only the layers the network asks for, architecture and shapes checked).
 
 The Keras-shaped factories (`vgg_jax.VGG16`) and the command lines word the same refusals in their own terms:
-`ARGUMENTS` names the factories' keyword arguments, `FLAGS` the command lines' flags.
+`ARGUMENTS` names the factories' keyword arguments, `SETTINGS` the train settings (`weights=random`), which a command line words as its flags.
 """
 
 from __future__ import annotations
@@ -36,12 +36,12 @@ class Wording:
 
 
 ARGUMENTS = Wording(imagenet="weights='imagenet'")
-FLAGS = Wording(
-    imagenet="--weights imagenet",
-    no_imagenet_hint="pass --weights random or a params file",
-    download_hint="or train a random backbone with --weights random",
-    other_arch="but --arch is {arch}",
-    no_top_hint="--top fc needs fc1/fc2: use the full file or --top avg",
+SETTINGS = Wording(
+    imagenet="`weights=imagenet`",
+    no_imagenet_hint="pass `weights=random` or a params file",
+    download_hint="or train a random backbone with `weights=random`",
+    other_arch="but `arch` is {arch}",
+    no_top_hint="`top=fc` needs fc1/fc2: use the full file or `top=avg`",
 )
 
 
@@ -66,7 +66,7 @@ def resolve_weights(spec: str | None, arch_name: str = "vgg16", include_top: boo
     None/"random") -> Weights with the file's sha256 and whether its metadata marks it random."""
     if spec in (None, "", "random"):
         return Weights(None, None)
-    path = imagenet_path(arch_name, include_top, FLAGS) if spec == "imagenet" else Path(spec)
+    path = imagenet_path(arch_name, include_top, SETTINGS) if spec == "imagenet" else Path(spec)
     if not path.is_file():
         raise UserError(f"{path}: no such weights file; convert Keras files with `vgg-jax convert`")
     random = params_io.read_metadata(path).get("weights") == "random"

@@ -148,7 +148,7 @@ def check_space(directory: Path, needed: int, what: str) -> str:
     if needed > free:
         raise UserError(
             f"{directory}: the feature cache needs {_size(needed)} ({what}), only {_size(free)} free; "
-            "free some space, point VGG_JAX_CACHE at a bigger disk, or pass --no-cache-features"
+            "free some space, point VGG_JAX_CACHE at a bigger disk, or pass `cache_features=False`"
         )
     return line
 

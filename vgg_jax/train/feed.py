@@ -56,14 +56,14 @@ def cache_cut(cfg: TrainConfig, topo: Topology) -> str | None:
     cut = feature_cache.cut_for(cfg.top, cfg.freeze_through, cfg.dropout)
     if cfg.cache_features:
         if cut is None or cfg.augment:
-            raise UserError("--cache-features needs a frozen part (--freeze-through other than none) and no --augment")
+            raise UserError("`cache_features` needs a frozen part (`freeze_through` other than none) and no `augment`")
         if topo.process_count > 1:
-            raise UserError("--cache-features works in single-process runs only; drop it for multi-host training")
+            raise UserError("`cache_features` works in single-process runs only; drop it for multi-host training")
         return cut
     if cfg.cache_features is None and cut is not None and not cfg.augment and topo.process_count == 1:
         if cut in feature_cache.DEFAULT_CUTS:
             return cut
-        say(f"feature cache: off by default at {cut} (large, and little compute saved); --cache-features turns it on")
+        say(f"feature cache: off by default at {cut} (large, and little compute saved); `cache_features` turns it on")
     return None
 
 

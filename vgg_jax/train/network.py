@@ -10,7 +10,7 @@ import jax.numpy as jnp
 
 from vgg_jax.models import arch, params_io
 from vgg_jax.models.classifier import Classifier, cut_shape
-from vgg_jax.models.weights import FLAGS, Weights, load_backbone
+from vgg_jax.models.weights import SETTINGS, Weights, load_backbone
 from vgg_jax.train.config import TrainConfig
 from vgg_jax.errors import UserError
 from vgg_jax.log import say as say_line
@@ -21,11 +21,11 @@ DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 def build_model(cfg: TrainConfig, num_classes: int) -> Classifier:
     """The Classifier `cfg` describes, with a sigmoid head for two classes, else softmax."""
     if cfg.arch not in arch.DEPTHS:
-        raise UserError(f"--arch must be one of {', '.join(arch.DEPTHS)}. Received: {cfg.arch!r}")
+        raise UserError(f"`arch` must be one of {', '.join(arch.DEPTHS)}. Received: {cfg.arch!r}")
     if num_classes < 2:
         raise UserError(f"{cfg.data}: needs at least 2 classes, found {num_classes}")
     if cfg.dtype not in DTYPES:
-        raise UserError(f"--dtype must be float32 or bfloat16. Received: {cfg.dtype!r}")
+        raise UserError(f"`dtype` must be float32 or bfloat16. Received: {cfg.dtype!r}")
     return Classifier(
         depths=arch.DEPTHS[cfg.arch],
         widths=cfg.widths or arch.WIDTHS,
@@ -57,7 +57,7 @@ def init_params(
         weights.path, cfg, {k: like[k] for k in new}, class_names, say_line if class_names else _quiet
     ):
         new = set()
-    backbone = load_backbone(weights.path, {k: v for k, v in like.items() if k not in new}, cfg.arch, FLAGS)
+    backbone = load_backbone(weights.path, {k: v for k, v in like.items() if k not in new}, cfg.arch, SETTINGS)
     if not new:
         return backbone
     # The new layers alone are initialised randomly: a small jit from the last pretrained stage, not the whole init.
@@ -68,7 +68,7 @@ def init_params(
 
 
 def _check_image_size(path: str, cfg: TrainConfig) -> None:
-    """UserError when the file's fc1 was made for another image size than --image-size (fc1's rows fix it)."""
+    """UserError when the file's fc1 was made for another image size than `image_size` (fc1's rows fix it)."""
     meta = params_io.read_metadata(path)
     size = meta.get("image_size")
     if (
@@ -79,7 +79,7 @@ def _check_image_size(path: str, cfg: TrainConfig) -> None:
     ):
         raise UserError(
             f"{path}: its fc1 takes the block5_pool of {size}x{size} images, not of {cfg.image_size}x{cfg.image_size}; "
-            f"pass --image-size {size} (or --top avg for another size)"
+            f"pass `image_size={size}` (or `top=avg` for another size)"
         )
 
 

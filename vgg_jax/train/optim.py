@@ -36,7 +36,7 @@ def make_optimizer(
 ) -> optax.GradientTransformation:
     """An optax transformation for `trainable` (top-level layer -> params); frozen params never reach it."""
     if name not in OPTIMIZERS:
-        raise UserError(f"--optimizer must be one of {', '.join(OPTIMIZERS)}. Received: {name!r}")
+        raise UserError(f"`optimizer` must be one of {', '.join(OPTIMIZERS)}. Received: {name!r}")
 
     def base(factor: float) -> optax.GradientTransformation:
         sched = schedule(lr * factor, total_steps, warmup_steps, cosine)

@@ -79,7 +79,7 @@ def make_mesh(devices: list | None = None) -> Mesh:
     return Mesh(np.asarray(devices if devices is not None else jax.devices()), (AXIS,))
 
 
-def check_batch_size(batch_size: int, mesh: Mesh, what: str = "--batch-size") -> None:
+def check_batch_size(batch_size: int, mesh: Mesh, what: str = "`batch_size`") -> None:
     """The global batch must split evenly over the devices; say which sizes would."""
     n = mesh.size
     if batch_size % n:
@@ -210,4 +210,4 @@ def init_distributed(
     try:
         jax.distributed.initialize(**kwargs)
     except (ValueError, RuntimeError) as e:
-        raise UserError(f"--distributed: could not join the job ({str(e).splitlines()[0]})") from None
+        raise UserError(f"`distributed`: could not join the job ({str(e).splitlines()[0]})") from None

@@ -50,7 +50,7 @@ class RunLock:
             if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
                 raise UserError(
                     f"{run_dir}: another vgg-jax train (pid {holder}) is running in this folder; "
-                    "wait for it to finish or choose another --out"
+                    "wait for it to finish or choose another `out`"
                 ) from None
             raise UserError(f"{run_dir}: cannot lock the run folder ({os_reason(e)})") from None
         os.ftruncate(self.fd, 0)
@@ -69,7 +69,7 @@ class RunFolder:
     def __init__(self, cfg: TrainConfig, resume: bool, overwrite: bool):
         self.path = Path(cfg.out)
         if self.path.exists() and not self.path.is_dir():
-            raise UserError(f"{self.path}: exists and is not a folder; choose another --out")
+            raise UserError(f"{self.path}: exists and is not a folder; choose another `out`")
         self.created = not self.path.exists()
         try:
             self.path.mkdir(parents=True, exist_ok=True)
@@ -89,25 +89,25 @@ class RunFolder:
         existing = (self.path / RUN_FILE).exists()
         if resume:
             if not existing:
-                raise UserError(f"{self.path}: nothing to resume (no {RUN_FILE}); drop --resume to start a new run")
+                raise UserError(f"{self.path}: nothing to resume (no {RUN_FILE}); drop `resume` to start a new run")
             old = TrainConfig.from_json(read_run(self.path)["config"])
             changed = sorted(
                 k for k, v in cfg.to_json().items() if k not in RUN_LOCAL_FIELDS and old.to_json().get(k) != v
             )
             if changed:
                 raise UserError(
-                    f"{self.path}: --resume with a different configuration ({', '.join(changed)}); "
+                    f"{self.path}: `resume` with a different configuration ({', '.join(changed)}); "
                     "start a new run folder instead"
                 )
             return False
         if existing and not overwrite:
             raise UserError(
-                f"{self.path}: already holds a run; use --resume to continue it, --overwrite to replace it, or another --out"
+                f"{self.path}: already holds a run; use `resume` to continue it, `overwrite` to replace it, or another `out`"
             )
         if existing:
             self._remove_run_files()
         elif any(p.name != LOCK_FILE and not p.name.startswith(TEMP_PREFIX) for p in self.path.iterdir()):
-            raise UserError(f"{self.path}: folder exists and is not empty; choose another --out or use --overwrite")
+            raise UserError(f"{self.path}: folder exists and is not empty; choose another `out` or use `overwrite`")
         return True
 
     def _remove_run_files(self) -> None:

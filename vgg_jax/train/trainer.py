@@ -93,8 +93,8 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -> di
 
 def _input(cfg: TrainConfig, topo: Topology) -> Inputs:
     """Both splits opened and checked, and the batch sizes split over the processes."""
-    local_bs = topo.local(cfg.batch_size, "--batch-size")
-    local_eval_bs = topo.local(cfg.eval_batch_size or cfg.batch_size, "--eval-batch-size")
+    local_bs = topo.local(cfg.batch_size, "`batch_size`")
+    local_eval_bs = topo.local(cfg.eval_batch_size or cfg.batch_size, "`eval_batch_size`")
     train_src, valid_src = open_sources(cfg)
     steps = data.steps_per_epoch(train_src, local_bs, topo.process_count)
     if steps == 0:
@@ -162,9 +162,9 @@ def _resume(run_dir: Path, checkpoints: Checkpoints, run: Run, inputs: Inputs, w
 def _check_same_inputs(run_dir: Path, train_src, weights: Weights) -> None:
     info = rundir.read_run(run_dir)
     if info["data"]["train"] != train_src.fingerprint:
-        raise UserError(f"{run_dir}: --resume with different training data than the run started with")
+        raise UserError(f"{run_dir}: `resume` with different training data than the run started with")
     if info["weights"]["sha256"] != weights.sha256:
-        raise UserError(f"{run_dir}: --resume with a different weights file than the run started with (sha256 differs)")
+        raise UserError(f"{run_dir}: `resume` with a different weights file than the run started with (sha256 differs)")
 
 
 def _fit(loop: Loop, feed: Feed, position: Position) -> dict:
@@ -230,7 +230,7 @@ def _diverged(cfg: TrainConfig, what: str, step: int, epoch: int, checkpoints: C
     last = checkpoints.latest_step()
     return Diverged(
         f"{cfg.out}: {what} or parameters became NaN/inf near step {step} (epoch {epoch + 1}); stopped. "
-        f"Last good checkpoint: {'none' if last is None else f'step {last}'}; try a lower --lr or --clip-norm"
+        f"Last good checkpoint: {'none' if last is None else f'step {last}'}; try a lower `lr` or `clip_norm`"
     )
 
 
