@@ -47,7 +47,7 @@ def correctness(tiny: bool, batch: int = 8) -> dict:
     from vgg_jax.models.preprocess import preprocess_input
 
     size = 32 if tiny else arch.IMAGE_SIZE
-    shape = bench.TINY if tiny else {}
+    shape = bench.TINY_NET if tiny else {}
     images = np.random.default_rng(0).integers(0, 256, (batch, size, size, 3), dtype=np.uint8)
 
     def run(dtype, device, n=batch):

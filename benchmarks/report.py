@@ -78,7 +78,7 @@ def gflop_basis(quick: bool) -> dict:
     from vgg_jax.models import arch
 
     shape = (
-        (bench.TINY["depths"], bench.TINY["widths"], bench.TINY["fc_units"], 32)
+        (bench.TINY_NET["depths"], bench.TINY_NET["widths"], bench.TINY_NET["fc_units"], 32)
         if quick
         else (arch.DEPTHS["vgg16"], arch.WIDTHS, arch.FC_UNITS, 224)
     )

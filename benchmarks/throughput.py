@@ -34,6 +34,7 @@ from benchmarks.timing import cpu_count, peak_rss_mb, timed_steps
 VARIANTS = ("infer", "frozen", "block5", "full", "naive")
 FREEZE = {"frozen": "fc2", "block5": "block4", "full": "none", "naive": "fc2"}
 TINY = {"arch": "vgg11", "widths": (8, 8, 16, 16, 16), "fc_units": 32}  # TrainConfig fields of a smoke-test VGG
+TINY_NET = {"depths": (1, 1, 2, 2, 2), "widths": TINY["widths"], "fc_units": TINY["fc_units"]}  # its Classifier fields
 
 
 def compiler_options(xla: str) -> dict | None:

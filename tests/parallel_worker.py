@@ -21,8 +21,8 @@ seen = {}
 real_jit_step = parallel.jit_step
 
 
-def spying_jit_step(step_fn, state_sh, frozen_sh, mesh, donate=True):
-    jitted = real_jit_step(step_fn, state_sh, frozen_sh, mesh, donate)
+def spying_jit_step(step_fn, state_sh, frozen_sh, mesh, donate=True, **options):
+    jitted = real_jit_step(step_fn, state_sh, frozen_sh, mesh, donate, **options)
 
     def call(state, frozen, batch):
         if not seen:

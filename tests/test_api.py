@@ -81,11 +81,12 @@ def _train_init(path, **fields):
 
 
 def test_one_loader_words_an_architecture_mismatch_for_each_caller(vgg11_file):
-    """The factories and the trainer share load_backbone; each names the choice in its own terms."""
+    """The factories and the trainer share load_backbone; each names the choice in its own terms (a command line
+    then words the trainer's settings as its flags)."""
     path, _ = vgg11_file
     with pytest.raises(UserError, match=r"holds vgg11 params, not vgg16$"):
         VGG16(weights=path)
-    with pytest.raises(UserError, match=r"holds vgg11 params, but --arch is vgg16$"):
+    with pytest.raises(UserError, match=r"holds vgg11 params, but `arch` is vgg16$"):
         _train_init(path, arch="vgg16")
 
 
@@ -96,24 +97,24 @@ def test_one_loader_words_a_no_top_file_for_each_caller(tmp_path):
     params_io.save(notop, {n: {"kernel": np.zeros(1), "bias": np.zeros(1)} for n in names}, {"architecture": "vgg11"})
     with pytest.raises(UserError, match="it is a no-top file; use include_top=False or the full weights file$"):
         VGG11(weights=notop)
-    with pytest.raises(UserError, match="it is a no-top file; --top fc needs fc1/fc2: use the full file or --top avg$"):
+    with pytest.raises(UserError, match="it is a no-top file; `top=fc` needs fc1/fc2: use the full file or `top=avg`$"):
         _train_init(notop, arch="vgg11")
 
 
 def test_one_imagenet_resolution_words_refusals_for_each_caller(tmp_path, monkeypatch):
-    """Another architecture, then a failed download: the command lines' wording adds what to pass instead."""
+    """Another architecture, then a failed download: the settings' wording adds what to pass instead."""
     with pytest.raises(UserError, match=r"^weights='imagenet': Keras publishes .* not vgg11$"):
         VGG11(weights="imagenet")
-    with pytest.raises(UserError, match=r"^--weights imagenet: .* not vgg11; pass --weights random or a params file$"):
+    with pytest.raises(UserError, match=r"^`weights=imagenet`: .* not vgg11; pass `weights=random` or a params file$"):
         resolve_weights("imagenet", "vgg11")
     monkeypatch.setenv("VGG_JAX_CACHE", str(tmp_path))
     monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras_home"))
     monkeypatch.setenv("VGG_JAX_WEIGHTS_BASE_URL", "http://127.0.0.1:9/")
     with pytest.raises(UserError) as library:
         VGG16(weights="imagenet")
-    with pytest.raises(UserError) as flags:
+    with pytest.raises(UserError) as settings:
         resolve_weights("imagenet", "vgg16")
-    assert str(flags.value) == f"{library.value}; or train a random backbone with --weights random"
+    assert str(settings.value) == f"{library.value}; or train a random backbone with `weights=random`"
 
 
 def test_an_export_with_the_flat_keras_names_loads(tmp_path):

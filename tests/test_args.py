@@ -342,7 +342,7 @@ def test_lr_mult_on_partly_trainable_alias_is_accepted():
     from vgg_jax.models.freeze import parse_lr_mults
 
     assert parse_lr_mults("conv=0.5", "block3") == {f"block{i}": 0.5 for i in range(1, 6)}
-    with pytest.raises(UserError, match="--lr-mult fc=0.5: fc is frozen by --freeze-through fc2"):
+    with pytest.raises(UserError, match="`lr_mult=fc=0.5`: fc is frozen by `freeze_through=fc2`"):
         parse_lr_mults("head=2,fc=0.5", "fc2")
 
 
@@ -489,3 +489,31 @@ def test_library_names_the_field_and_cli_the_flag(capsys, folder, tmp_path, fiel
     line, _ = refused(capsys, ["train", "--data", folder, "--out", tmp_path / "run", *extra])
     assert line == f"vgg-jax: error: {extra[0]} {problem}"
     assert not (tmp_path / "run").exists()
+
+
+def test_each_command_words_the_library_settings_as_its_flags():
+    """The library writes `name` or `name=value`; a command's parser turns each into its own flag, a switch's
+    value picks the switch, and a setting the command has no flag for keeps the library's words."""
+    from vgg_jax.cli import build_parser
+
+    commands = build_parser().commands
+    said = "`cache_features=False`; `freeze_through=fc2` leaves `lr` and `weights=random`; `labels_from_filename='^(a)'`"
+    assert commands["train"].flag_words(said) == (
+        "--no-cache-features; --freeze-through fc2 leaves --lr and --weights random; --labels-from-filename '^(a)'"
+    )
+    assert commands["train"].flag_words("`cache_features=True`, `augment=True`") == "--cache-features, --augment"
+    assert commands["evaluate"].flag_words("pass `weights`; `top_losses` must be") == "pass `weights`; --top-losses must be"
+    assert commands["convert"].flag_words("`kernels=theano` or `fc1_order=chw`") == "--kernels theano or --fc1-order chw"
+
+
+def test_a_library_refusal_reads_as_flags_on_the_command_line(tmp_path, capsys):
+    """One message, two readers: the library's UserError names the setting, the CLI's line the flag."""
+    from vgg_jax.models.freeze import parse_lr_mults
+
+    with pytest.raises(UserError, match=r"^`lr_mult=block3=0.1`: block3 is frozen by `freeze_through=fc2`; "):
+        parse_lr_mults("block3=0.1", "fc2")
+    folder = write_folder(tmp_path / "data", train=4, valid=2, test=0, size=(40, 40), seed=0)
+    code = main(["train", "--data", str(folder), "--out", str(tmp_path / "run"), "--weights", "random",
+                 "--lr-mult", "block3=0.1"])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("vgg-jax: error: --lr-mult block3=0.1: block3 is frozen by --freeze-through fc2; ")

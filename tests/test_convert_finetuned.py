@@ -116,7 +116,7 @@ def test_fc_top_sigmoid_keras3(tmp_path, images):
     assert vgg_jax.load(tmp_path / "m.safetensors").classes == ["cats", "dogs"]
     module, params = vgg_jax.VGG16(weights=tmp_path / "m.safetensors")
     assert (module.top, params["fc1"]["kernel"].shape) == ("fc", (512, 4096))
-    with pytest.raises(UserError, match="pass --image-size 32"):  # train --weights m.safetensors at 224
+    with pytest.raises(UserError, match="pass `image_size=32`"):  # train --weights m.safetensors at 224
         _train_init(tmp_path / "m.safetensors", "fc", ["cats", "dogs"], size=224)
 
 
@@ -129,20 +129,20 @@ def test_avg_softmax3_keras3_legacy_h5(tmp_path, images):
         3,
         ["class_0", "class_1", "class_2"],
     )
-    assert "--classes" in str(report)
+    assert "`classes=NAME,NAME...`" in str(report)
 
 
 def test_avg_weights_h5_needs_pooling(tmp_path, images):
     """A Keras 3 .weights.h5 has no model config: avg or max pooling cannot be told apart without --pooling."""
     model = avg_softmax3()
     model.save_weights(tmp_path / "m.weights.h5")
-    with pytest.raises(UserError, match="pass --pooling avg or --pooling max") as e:
+    with pytest.raises(UserError, match="pass `pooling=avg` or `pooling=max`") as e:
         convert_file(tmp_path / "m.weights.h5", tmp_path / "x.safetensors")
     assert "\n" not in str(e.value) and not (tmp_path / "x.safetensors").exists()
     report = check_parity(tmp_path / "m.weights.h5", tmp_path / "m.safetensors", keras_probs(model, images), images,
                           TopOptions(pooling="avg", image_size=SIZE))  # fmt: skip
     assert any("no model config" in n for n in report.finetuned.notes), report.finetuned.notes
-    assert report.finetuned.image_size_from == "--image-size"
+    assert report.finetuned.image_size_from == "`image_size`"
 
 
 @pytest.mark.parametrize("writer", ["keras3 .keras", "tf-keras model.save .h5"])
@@ -274,7 +274,7 @@ def imported(tmp_path_factory) -> Path:
 
 def test_wrong_class_count_and_classify_refusal(imported, tmp_path, capsys):
     src = imported.with_name("m.keras")
-    with pytest.raises(UserError, match="--classes gives 3 name"):
+    with pytest.raises(UserError, match="`classes` gives 3 name"):
         convert_file(src, tmp_path / "x.safetensors", top=TopOptions(classes=["a", "b", "c"]))
     with pytest.raises(UserError, match=r"a fine-tuned Keras model .* use vgg_jax.load"):
         load_keras(src)

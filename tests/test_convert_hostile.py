@@ -360,7 +360,7 @@ def test_inferred_conventions_are_flagged(src):
     _, report = load_keras(src)
     text = str(report)
     assert report.kernels.source == "inferred" and "[inferred]" in text
-    assert "warning       kernel convention inferred, not recorded in the file" in text and "--kernels theano" in text
+    assert "warning       kernel convention inferred, not recorded in the file" in text and "`kernels=theano`" in text
     assert "fc1 rows" not in text  # a no-top file has no fc1 to guess about
 
 

@@ -213,7 +213,7 @@ def test_no_checkpoint(capsys, runs, fmt, tmp_path):
     run = shutil.copytree(runs["fc"], tmp_path / "run")
     shutil.rmtree(run / "checkpoints")
     line, _ = refused(capsys, ["export", run, "--format", fmt, "-o", tmp_path / "out" / NAMES[fmt]])
-    assert line == f"vgg-jax: error: {run}: no usable checkpoint yet; train first (or --resume the run)", line
+    assert line == f"vgg-jax: error: {run}: no usable checkpoint yet; train first (or resume the run)", line
     assert not (tmp_path / "out").exists()
 
 

@@ -62,7 +62,7 @@ def test_fc_policies_on_a_top_without_fc_layers_freeze_everything_below_the_head
 
 def test_policy_matching_nothing_is_an_error():
     no_block5 = {k: v for k, v in PARAMS.items() if not k.startswith("block5")}
-    with pytest.raises(UserError, match="--freeze-through block5 matches no parameter"):
+    with pytest.raises(UserError, match="`freeze_through=block5` matches no parameter"):
         split(no_block5, "block5")
     with pytest.raises(UserError, match="must be one of"):
         split(PARAMS, "block9")

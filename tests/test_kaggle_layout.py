@@ -74,7 +74,7 @@ def test_root_trains_with_labels_from_file_names_and_a_default_valid_part(kaggle
     train_line = next(line for line in lines if line.startswith("train: "))
     valid_line = next(line for line in lines if line.startswith("valid: "))
     assert "labels from file names: cat 20, dog 20" in train_line, printed
-    assert "no valid/ folder: holding out 10% of train (--valid-fraction 0.1, seed 0)" in valid_line, printed
+    assert "no valid/ folder: holding out 10% of train (`valid_fraction=0.1`, seed 0)" in valid_line, printed
     train_src = _open(kaggle, "train")
     valid_src = _open(kaggle, "valid")
     assert train_src.class_names == valid_src.class_names == ["cat", "dog"]
@@ -122,7 +122,7 @@ def test_regex_override_labels_other_names(tmp_path, capsys):
     src = _open(root, "train", valid_fraction=0.25, labels_from_filename=r"_(cat|dog)_")
     assert src.class_names == ["cat", "dog"]
     assert all(f"_{src.class_names[l]}_" in i for i, l in zip(src.ids, src.labels))
-    assert "labels from file names (--labels-from-filename '_(cat|dog)_'): cat" in src.describe()
+    assert "labels from file names (`labels_from_filename='_(cat|dog)_'`): cat" in src.describe()
     # the override wins over detection: first letters instead of the <label>. prefix
     flat = write_kaggle(tmp_path / "f", per_class=6, test=0)
     both = _open(flat, "train", valid_fraction=0.25, labels_from_filename=r"^(\w)")
@@ -170,7 +170,7 @@ def test_default_valid_fraction_for_class_folders_without_valid(tmp_path):
             _jpeg(tmp_path / cls / f"{i}.jpg", label, rng)
     train_src, valid_src = _open(tmp_path, "train"), _open(tmp_path, "valid")
     assert train_src.num_examples + valid_src.num_examples == 30 and valid_src.num_examples >= 1
-    assert "holding out 10% of train (--valid-fraction 0.1, seed 0)" in valid_src.describe()
+    assert "holding out 10% of train (`valid_fraction=0.1`, seed 0)" in valid_src.describe()
     assert _open(tmp_path, "valid", valid_fraction=0.5).num_examples > valid_src.num_examples
     assert data.open_source(tmp_path, "train").num_examples == 30  # the library's default: the whole folder
 
@@ -190,7 +190,7 @@ def test_bad_inputs_get_one_line(tmp_path):
 
     regex = write_kaggle(tmp_path / "regex", per_class=3, test=0)
     msg = _one_line(regex, "train", labels_from_filename=r"^(cat)\.")
-    assert "--labels-from-filename '^(cat)\\\\.' does not match 3 of 6 images (dog.0.jpg, dog.1.jpg, dog.2.jpg)" in msg
+    assert "`labels_from_filename='^(cat)\\\\.'` does not match 3 of 6 images (dog.0.jpg, dog.1.jpg, dog.2.jpg)" in msg
     assert "not a regular expression" in _one_line(regex, "train", labels_from_filename="(cat")
     assert "has no group" in _one_line(regex, "train", labels_from_filename="cat")
     assert "gives one label (jpg)" in _one_line(regex, "train", labels_from_filename=r"(jpg)$")

@@ -15,6 +15,7 @@ Function-level (lazy) imports count too: a lazy import against the direction is 
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -134,3 +135,43 @@ def test_the_direction_check_catches_wrong_imports():
         "line 1: jax.numpy (the convert layer runs without jax)"
     ]
     assert violations("from vgg_jax.models import arch\n", "vgg_jax.convert.mapping") == []
+
+
+def _flag_words_in_messages(source: str) -> list[str]:
+    """Literal text with a --flag inside a `raise ...Error(...)` or a `say(...)`: what a library user would read."""
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        calls = []
+        if isinstance(node, ast.Raise) and isinstance(node.exc, ast.Call):
+            calls.append(node.exc)
+        if isinstance(node, ast.Call) and getattr(node.func, "id", getattr(node.func, "attr", None)) == "say":
+            calls.append(node)
+        for call in calls:
+            for part in ast.walk(call):
+                if isinstance(part, ast.Constant) and isinstance(part.value, str) and _bare_flag(part.value):
+                    found.append(f"line {part.lineno}: {part.value.strip()[:80]!r}")
+    return found
+
+
+FLAG = re.compile(r"(?<![\w-])--[a-z][a-z0-9-]*")
+
+
+def _bare_flag(text: str) -> bool:
+    """A --flag not part of a quoted command (`vgg-jax train --out` names the command, not a setting)."""
+    return any("vgg-jax " not in text[: m.start()] for m in FLAG.finditer(text))
+LIBRARY = [p for p in SOURCES if layer_of(module_name(p)) != "surface"]
+
+
+@pytest.mark.parametrize("path", LIBRARY, ids=lambda p: str(p.relative_to(ROOT.parent)))
+def test_only_the_command_line_speaks_of_flags(path: Path):
+    """The library names a setting as `name` or `name=value`; each command's parser words it as its flag."""
+    found = _flag_words_in_messages(path.read_text())
+    assert not found, f"{module_name(path)} names command-line flags:\n  " + "\n  ".join(found)
+
+
+def test_the_flag_check_catches_a_flag_in_a_message():
+    assert _flag_words_in_messages('raise UserError(f"{x}: pass --weights random")\n') == [
+        "line 1: ': pass --weights random'"
+    ]
+    assert _flag_words_in_messages('say("use `weights=random`")\n') == []
+    assert _flag_words_in_messages('raise UserError("made by `vgg-jax train --out`")\n') == []

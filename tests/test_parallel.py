@@ -82,7 +82,7 @@ def test_sharded_fc_weights_give_the_same_parameters(folder, one, tmp_path):
 
 def test_batch_must_divide_over_devices(folder, tmp_path):
     result = worker(folder, tmp_path / "bad", devices=8, batch=12)
-    assert result["error"] == "--batch-size 12 does not divide over 8 devices; use a multiple of 8 (e.g. 8, 16)"
+    assert result["error"] == "`batch_size` 12 does not divide over 8 devices; use a multiple of 8 (e.g. 8, 16)"
 
 
 def free_port() -> int:

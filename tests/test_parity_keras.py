@@ -197,7 +197,7 @@ def test_fc1_order_inferred_without_a_config_is_flagged_and_overridable(
 ):
     """Without its model config the same file's fc1 order can only be guessed from the (H,W,I,O) kernels: the
     guess (h,w,c) is wrong here, the report says it guessed, `--check` cannot tell (it checks the transforms
-    for the conventions taken), and --fc1-order chw fixes it."""
+    for the conventions taken), and fc1_order="chw" fixes it."""
     import h5py
 
     from vgg_jax.models import parity
@@ -208,7 +208,7 @@ def test_fc1_order_inferred_without_a_config_is_flagged_and_overridable(
     guessed = tmp_path / "guessed.safetensors"
     report = convert_file(keras20_channels_first, guessed)
     assert (report.fc1.value, report.fc1.source) == ("hwc", "inferred")
-    assert "warning       fc1 row order inferred" in str(report) and "--fc1-order chw" in str(report), str(report)
+    assert "warning       fc1 row order inferred" in str(report) and "`fc1_order=chw`" in str(report), str(report)
     assert rel_error(ours(guessed, "vgg16", True, images), vgg16.logits) > 1e-2
     assert all(row.ok for row in parity.check(keras20_channels_first, params_io.load(guessed), images))
     fixed = tmp_path / "fixed.safetensors"

@@ -248,7 +248,7 @@ def test_disk_too_small_message(folder, tmp_path, full_dir, monkeypatch, capsys)
         train(cfg(folder, tmp_path / "run", image_size=64, freeze_through="block2", cache_features=True))
     line = str(e.value)
     assert "\n" not in line and "needs 458.8 KB" in line and "block2_pool outputs of 16x16x8 float32" in line, line
-    assert "free" in line and "--no-cache-features" in line, line
+    assert "free" in line and "`cache_features=False`" in line, line
 
 
 def test_large_cut_is_off_by_default_and_says_so(folder, tmp_path, cache, capsys):

@@ -44,7 +44,7 @@ def load_run(run_dir: str | Path, weights: str | None = None, which: str | int =
     finally:
         checkpoints.close()
     if found is None:
-        raise UserError(f"{run_dir}: no usable checkpoint yet; train first (or `resume` the run)")
+        raise UserError(f"{run_dir}: no usable checkpoint yet; train first (or resume the run)")
     step, params, _ = found
     say(f"{run_dir}: checkpoint step {step}; weights: {resolved.label}")
     return cfg, classes, RunModel(run.eval_fn(), run.mesh, step, run.model), params, run.frozen
