@@ -21,7 +21,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.child import add_step_arguments, emit, skip
 from benchmarks.timing import repeat_ops, threads_info, timed_steps
 
-TINY = {"depths": (1, 1, 2, 2, 2), "widths": (8, 8, 16, 16, 16), "fc_units": 32, "size": 32}  # throughput.py TINY: a VGG11
+TINY = {
+    "depths": (1, 1, 2, 2, 2),
+    "widths": (8, 8, 16, 16, 16),
+    "fc_units": 32,
+    "size": 32,
+}  # throughput.py TINY: a VGG11
 
 
 def build(keras, tiny: bool):
@@ -70,9 +75,9 @@ def main() -> None:
     os.environ["KERAS_BACKEND"] = args.backend  # must precede the first keras import
     try:
         if args.backend == "tensorflow":
-            import tensorflow  # noqa: F401
+            import tensorflow
         else:
-            import jax  # noqa: F401
+            import jax
         import keras
     except ImportError as e:
         skip(f"{args.backend}/keras not installed: {e}")

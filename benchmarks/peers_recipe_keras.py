@@ -52,7 +52,12 @@ from vgg_jax.errors import UserError
 from vgg_jax.fileio import atomic_path, check_writable
 
 FULL = {"depths": (2, 2, 3, 3, 3), "widths": (64, 128, 256, 512, 512), "fc_units": 4096, "size": 224}
-TINY = {"depths": (1, 1, 2, 2, 2), "widths": (8, 8, 16, 16, 16), "fc_units": 32, "size": 32}  # throughput.py TINY: a VGG11
+TINY = {
+    "depths": (1, 1, 2, 2, 2),
+    "widths": (8, 8, 16, 16, 16),
+    "fc_units": 32,
+    "size": 32,
+}  # throughput.py TINY: a VGG11
 CLASSES = ("cats", "dogs")
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".tif", ".tiff"}  # what flow_from_directory lists
 SEED = 0
@@ -236,7 +241,7 @@ def main(argv: list[str] | None = None) -> int:
             check_writable(args.json, "--json result")
         try:
             import keras
-            import tensorflow  # noqa: F401
+            import tensorflow
         except ImportError as e:
             skip(f"tensorflow/keras not installed: {e}")
         result = run(args, keras)

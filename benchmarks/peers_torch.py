@@ -22,7 +22,12 @@ from benchmarks.child import add_step_arguments, emit, skip
 from benchmarks.timing import repeat_ops, threads_info, timed_steps
 
 VGG16 = {"depths": (2, 2, 3, 3, 3), "widths": (64, 128, 256, 512, 512), "fc_units": 4096, "size": 224}
-TINY = {"depths": (1, 1, 2, 2, 2), "widths": (8, 8, 16, 16, 16), "fc_units": 32, "size": 32}  # throughput.py TINY: a VGG11
+TINY = {
+    "depths": (1, 1, 2, 2, 2),
+    "widths": (8, 8, 16, 16, 16),
+    "fc_units": 32,
+    "size": 32,
+}  # throughput.py TINY: a VGG11
 
 
 def build(torch, cfg: dict):

@@ -61,8 +61,7 @@ def run(
 
 def port(source: Path, out: Path, images: int) -> tuple[Path, bool]:
     from vgg_jax.convert import convert_file
-    from vgg_jax.models import parity
-    from vgg_jax.models import params_io
+    from vgg_jax.models import params_io, parity
 
     start = time.perf_counter()
     params_path = out / "vgg16.safetensors"
@@ -88,9 +87,9 @@ def mark_random(params_path: Path) -> None:
 
 
 def recipe(params_path: Path, out: Path, random: bool) -> None:
-    from vgg_jax.train.config import TrainConfig
-    from vgg_jax.inference.evaluate import evaluate, predict
     from vgg_jax.data.synthetic import write_folder
+    from vgg_jax.inference.evaluate import evaluate, predict
+    from vgg_jax.train.config import TrainConfig
     from vgg_jax.train.trainer import train
 
     data = out / "data"

@@ -19,9 +19,9 @@ from vgg_jax.convert.conventions import Convention
 from vgg_jax.convert.head import FineTuned
 from vgg_jax.convert.output import check_space, clean_leftovers
 from vgg_jax.convert.source import Source, open_source
-from vgg_jax.models import arch, params_io
 from vgg_jax.errors import UserError
 from vgg_jax.fileio import check_writable
+from vgg_jax.models import arch, params_io
 from vgg_jax.paths import file_digest
 
 __all__ = ["Report", "TopOptions", "convert_file", "load_keras", "sha256"]
@@ -270,7 +270,9 @@ def convert_file(
     clean_leftovers(out, download.folder(), extract_dir())
     check_writable(out, "params file")
     top = top or TopOptions()
-    choices = mapping.Choices(arch_name, include_top, kernels, fc1_order, image_size=top.image_size, pooling=top.pooling)
+    choices = mapping.Choices(
+        arch_name, include_top, kernels, fc1_order, image_size=top.image_size, pooling=top.pooling
+    )
     with _planned(src, choices, top.classes) as (source, p, report):
         check_space(out, p.shapes)
         flat = dict(mapping.arrays(source, p))

@@ -8,9 +8,9 @@ import re
 import sys
 from pathlib import Path
 
+from vgg_jax.errors import UserError
 from vgg_jax.models import arch
 from vgg_jax.models.arch import MIN_IMAGE_SIZE
-from vgg_jax.errors import UserError
 from vgg_jax.paths import imagenet_params_path
 
 
@@ -145,8 +145,7 @@ def run(args: argparse.Namespace) -> int:
     if args.check:
         import numpy as np
 
-        from vgg_jax.models import parity
-        from vgg_jax.models import params_io
+        from vgg_jax.models import params_io, parity
 
         size = report.image_size
         images = np.random.default_rng(0).integers(0, 256, (2, size, size, 3), dtype=np.uint8)

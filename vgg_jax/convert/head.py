@@ -15,8 +15,8 @@ from pathlib import Path
 
 from vgg_jax.convert.conventions import config_layers
 from vgg_jax.convert.source import Layer, Source
-from vgg_jax.models import arch
 from vgg_jax.errors import UserError
+from vgg_jax.models import arch
 
 SUPPORTED = "vgg-jax maps a VGG, then fc1/fc2, global pooling or Dense+ReLU layers, then one Dense head"
 SKIPPED = ("InputLayer", "Dropout", "SpatialDropout2D")

@@ -18,8 +18,8 @@ from vgg_jax.convert.conventions import Convention
 from vgg_jax.convert.guard import check_float
 from vgg_jax.convert.head import FineTuned
 from vgg_jax.convert.source import Layer, Source
-from vgg_jax.models import arch
 from vgg_jax.errors import UserError
+from vgg_jax.models import arch
 from vgg_jax.paths import natural_key
 
 CANONICAL_CONV = re.compile(r"block(\d+)_conv(\d+)$")

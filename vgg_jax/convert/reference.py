@@ -60,9 +60,9 @@ def forward(
             kernel, bias = next(layer)
             kernel = np.asarray(kernel, np.float64)
             if layout == "oihw":
-                taps = lambda ky, kx, k=kernel: k[:, :, ky, kx].T  # noqa: E731 (O,I) -> (I,O)
+                taps = lambda ky, kx, k=kernel: k[:, :, ky, kx].T
             else:
-                taps = lambda ky, kx, k=kernel: k[ky, kx]  # noqa: E731
+                taps = lambda ky, kx, k=kernel: k[ky, kx]
             x = np.maximum(conv3x3_same(x, taps, np.asarray(bias, np.float64), true_convolution), 0)
         n, h, w, c = x.shape
         x = x[:, : h // 2 * 2, : w // 2 * 2].reshape(n, h // 2, 2, w // 2, 2, c).max(axis=(2, 4))

@@ -96,7 +96,9 @@ def train_batches(
     pos = _positions(steps, batch_size, opt.process_count, opt.process_index)[start_batch * batch_size :]
     loader = _loader(source, opt, _mix(seed, epoch) if augment else None)
     if _streamed(source):  # the records at these positions of a seeded shuffle of the stream
-        batches = source.tfds.stream_batches(pos, _mix(seed, epoch), loader, batch_size, opt.threads or default_threads())
+        batches = source.tfds.stream_batches(
+            pos, _mix(seed, epoch), loader, batch_size, opt.threads or default_threads()
+        )
         name = lambda i: f"{source.name} record at shuffled position {i}"
         yield from _finish(batches, pos, batch_size, source, name, with_ids=False)
         return

@@ -6,9 +6,9 @@ import os
 
 import numpy as np
 
+from vgg_jax.data.resize import DecodeError, check_options, decode, decode_resize
 from vgg_jax.data.source import printable
 from vgg_jax.errors import UserError
-from vgg_jax.data.resize import DecodeError, check_options, decode, decode_resize
 
 
 def load_image(

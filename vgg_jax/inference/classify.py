@@ -10,10 +10,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vgg_jax.models import arch
 from vgg_jax.errors import UserError
-from vgg_jax.models.vgg import VGG
+from vgg_jax.models import arch
 from vgg_jax.models.preprocess import preprocess_input
+from vgg_jax.models.vgg import VGG
 
 
 @cache

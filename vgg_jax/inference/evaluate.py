@@ -10,16 +10,16 @@ from typing import Any
 
 import numpy as np
 
-from vgg_jax.train import parallel, rundir
-from vgg_jax.train.checkpoint import Checkpoints
-from vgg_jax.train.config import TrainConfig
 from vgg_jax.data.source import printable
 from vgg_jax.errors import UserError
 from vgg_jax.fileio import atomic_path, check_writable
-from vgg_jax.models.weights import Weights, resolve_weights
-from vgg_jax.train.setup import build_run
-from vgg_jax.paths import cache_dir, file_digest
 from vgg_jax.log import say
+from vgg_jax.models.weights import Weights, resolve_weights
+from vgg_jax.paths import cache_dir, file_digest
+from vgg_jax.train import parallel, rundir
+from vgg_jax.train.checkpoint import Checkpoints
+from vgg_jax.train.config import TrainConfig
+from vgg_jax.train.setup import build_run
 from vgg_jax.train.trainer import evaluate_batches
 
 
@@ -168,8 +168,8 @@ def _identity(
 
 def _tile(resize_mode: str, path: str) -> np.ndarray:
     """A top-losses tile: the file at report.TILE px, in the run's resize mode (what the network saw), bilinear."""
-    from vgg_jax.inference.report import TILE
     from vgg_jax.data.resize import decode_resize
+    from vgg_jax.inference.report import TILE
 
     return decode_resize(path, TILE, resize_mode, "bilinear")
 

@@ -12,12 +12,12 @@ import json
 from pathlib import Path
 from typing import Any
 
-from vgg_jax.train import parallel, rundir
 from vgg_jax.errors import UserError
-from vgg_jax.inference.evaluate import load_run
 from vgg_jax.fileio import atomic_path, check_writable
-from vgg_jax.models.weights import resolve_weights
+from vgg_jax.inference.evaluate import load_run
 from vgg_jax.log import say
+from vgg_jax.models.weights import resolve_weights
+from vgg_jax.train import parallel, rundir
 
 FORMATS = ("params", "keras", "weights.h5", "stablehlo", "savedmodel")
 SUFFIXES = {".safetensors": "params", ".keras": "keras", ".weights.h5": "weights.h5", ".jaxexport": "stablehlo"}

@@ -17,9 +17,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vgg_jax.models.classifier import Classifier
 from vgg_jax.fileio import atomic_path
 from vgg_jax.inference.predictor import probabilities_fn
+from vgg_jax.models.classifier import Classifier
 
 PLATFORMS = ("cpu", "cuda", "tpu")
 

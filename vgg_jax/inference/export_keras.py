@@ -17,10 +17,10 @@ from typing import Any
 
 import numpy as np
 
-from vgg_jax.models import arch
-from vgg_jax.models.classifier import POOLED_TOPS, mlp_units
 from vgg_jax.errors import UserError
 from vgg_jax.fileio import atomic_path, temp_name
+from vgg_jax.models import arch
+from vgg_jax.models.classifier import POOLED_TOPS, mlp_units
 
 WEIGHTS_MEMBER = "model.weights.h5"  # in a .keras archive
 

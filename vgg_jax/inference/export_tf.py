@@ -12,9 +12,9 @@ from pathlib import Path
 
 import numpy as np
 
-from vgg_jax.models.classifier import Classifier
 from vgg_jax.errors import UserError
 from vgg_jax.fileio import atomic_folder
+from vgg_jax.models.classifier import Classifier
 
 
 def import_tensorflow():

@@ -19,11 +19,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vgg_jax.models import params_io
-from vgg_jax.train import rundir
-from vgg_jax.models.classifier import Classifier
-from vgg_jax.train.config import TrainConfig
 from vgg_jax.errors import UserError
+from vgg_jax.models import params_io
+from vgg_jax.models.classifier import Classifier
+from vgg_jax.train import rundir
+from vgg_jax.train.config import TrainConfig
 
 DEFAULT_BATCH_SIZE = 32
 # The TrainConfig fields an export records, beside `architecture`, `classes` and `head_units`; `widths` and
@@ -51,8 +51,8 @@ class Predictor:
         interpolation: str = "nearest",
         batch_size: int = DEFAULT_BATCH_SIZE,
     ):
-        from vgg_jax.train.parallel import jit_options
         from vgg_jax.data.resize import check_options
+        from vgg_jax.train.parallel import jit_options
 
         check_options(resize, interpolation)
         if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:

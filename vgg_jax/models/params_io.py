@@ -14,10 +14,10 @@ from typing import Any
 
 import numpy as np
 
-from vgg_jax.models.arch import DEPTHS
 from vgg_jax.errors import UserError
 from vgg_jax.faults import maybe_kill
 from vgg_jax.fileio import atomic_path
+from vgg_jax.models.arch import DEPTHS
 
 FORMAT = "vgg-jax-params/1"
 # Params are float32 throughout (model, optimizer, checkpoints; --dtype sets compute only). Half-precision files
@@ -157,7 +157,7 @@ def _read_tensor(f, path: str | os.PathLike, key: str) -> np.ndarray:
     if stored not in FLOAT_DTYPES:
         raise UserError(f"{path}: {key} holds {_dtype_name(stored)} values, not floating-point weights; refused")
     if stored == "BF16":
-        import ml_dtypes  # noqa: F401  (registers bfloat16 with numpy, which safetensors needs to read it)
+        import ml_dtypes
     with np.errstate(over="ignore", invalid="ignore"):  # float64 beyond float32's range becomes inf: counted below
         array = f.get_tensor(key).astype(np.float32, copy=False)
         total = array.sum(dtype=np.float64)  # a float64 sum of float32 values overflows only on NaN/inf

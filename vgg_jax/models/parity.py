@@ -54,8 +54,8 @@ def check(
     import jax
 
     from vgg_jax.convert import reference
-    from vgg_jax.models.vgg import VGG
     from vgg_jax.models.preprocess import preprocess_input
+    from vgg_jax.models.vgg import VGG
 
     with open_source(source_path) as source:
         choices = mapping.Choices(kernels=kernels, fc1_order=fc1_order, image_size=image_size, pooling=pooling)

@@ -114,13 +114,15 @@ class Checkpoints:
         want = shapes_of(like)
         if meta.get("shapes") != want:
             got = meta.get("shapes") or []
-            diff = next((f"{g[0]} {g[1]} vs {w[1]}" for g, w in zip(got, want) if g != w), f"{len(got)} vs {len(want)} arrays")
+            diff = next(
+                (f"{g[0]} {g[1]} vs {w[1]}" for g, w in zip(got, want) if g != w), f"{len(got)} vs {len(want)} arrays"
+            )
             raise UserError(f"{folder}: checkpoint does not fit this model ({diff})")
         ocp = _ocp()
         abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, like)
         try:
             restored = self._checkpointer().restore(folder / STATE, abstract)
-        except Exception as e:  # noqa: BLE001 - orbax/tensorstore raise many types for missing or corrupt files
+        except Exception as e:
             _quiet_orphaned_futures()
             raise CheckpointDamaged(f"{folder}: checkpoint {step} is damaged ({_damage(e)})") from None
         # Orbax hands back optax's NamedTuple states as plain tuples: put like's structure back.
@@ -146,7 +148,7 @@ class Checkpoints:
         try:
             with ocp.PyTreeCheckpointer() as reader:
                 restored = reader.restore(folder / STATE, args=restore)
-        except Exception as e:  # noqa: BLE001 - orbax/tensorstore raise many types for missing or corrupt files
+        except Exception as e:
             _quiet_orphaned_futures()
             raise CheckpointDamaged(f"{folder}: checkpoint {step} is damaged ({_damage(e)})") from None
         return restored["params"], meta

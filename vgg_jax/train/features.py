@@ -227,4 +227,3 @@ def gather(cached: Features, index: np.ndarray) -> dict:
     rows = np.empty((len(index), *cached.features.shape[1:]), cached.features.dtype)
     rows[order] = cached.features[index[order]]
     return {"inputs": rows, "label": cached.labels[index], "mask": cached.ok[index]}
-

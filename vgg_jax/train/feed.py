@@ -19,10 +19,10 @@ from vgg_jax.errors import UserError
 from vgg_jax.log import say
 from vgg_jax.models.classifier import Classifier, cut_shape
 from vgg_jax.models.preprocess import preprocess_input
+from vgg_jax.models.weights import Weights
 from vgg_jax.train import features as feature_cache
 from vgg_jax.train import parallel
 from vgg_jax.train.config import TrainConfig
-from vgg_jax.models.weights import Weights
 from vgg_jax.train.parallel import Topology
 from vgg_jax.train.setup import Run
 

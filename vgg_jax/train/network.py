@@ -8,12 +8,12 @@ from collections.abc import Callable, Sequence
 import jax
 import jax.numpy as jnp
 
+from vgg_jax.errors import UserError
+from vgg_jax.log import say as say_line
 from vgg_jax.models import arch, params_io
 from vgg_jax.models.classifier import Classifier, cut_shape
 from vgg_jax.models.weights import SETTINGS, Weights, load_backbone
 from vgg_jax.train.config import TrainConfig
-from vgg_jax.errors import UserError
-from vgg_jax.log import say as say_line
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
@@ -120,7 +120,7 @@ def _shapes(path: str, layers: set[str]) -> dict[str, tuple[int, ...]]:
     from safetensors import safe_open
 
     with safe_open(path, framework="numpy") as f:
-        keys = [k for k in f.keys() if k.split("/")[0] in layers]  # noqa: SIM118 (safe_open is not iterable)
+        keys = [k for k in f.keys() if k.split("/")[0] in layers]
         return {k: tuple(f.get_slice(k).get_shape()) for k in keys}
 
 

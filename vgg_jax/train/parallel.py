@@ -39,7 +39,7 @@ def jit_options(platform: str | None = None, tuned: bool = True) -> dict:
 def _cpu_options_known() -> bool:
     try:  # older jax has no `compiler_options`, older XLA no such option: both raise
         jax.jit(lambda x: x + 1, compiler_options=CPU_COMPILER_OPTIONS).lower(np.float32(0)).compile()
-    except Exception:  # noqa: BLE001
+    except Exception:
         return False
     return True
 

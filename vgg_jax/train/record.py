@@ -11,8 +11,8 @@ import jax
 
 import vgg_jax
 from vgg_jax.models.classifier import mlp_units
-from vgg_jax.train.config import TrainConfig
 from vgg_jax.models.weights import Weights
+from vgg_jax.train.config import TrainConfig
 from vgg_jax.train.network import param_bytes
 from vgg_jax.train.parallel import Topology
 
@@ -56,8 +56,10 @@ def _versions() -> dict:
         except PackageNotFoundError:
             return None
 
-    found = {name: of(dist) for name, dist in
-             (("jaxlib", "jaxlib"), ("flax", "flax"), ("optax", "optax"), ("orbax", "orbax-checkpoint"))}
+    found = {
+        name: of(dist)
+        for name, dist in (("jaxlib", "jaxlib"), ("flax", "flax"), ("optax", "optax"), ("orbax", "orbax-checkpoint"))
+    }
     return {"vgg_jax": vgg_jax.__version__, "jax": jax.__version__, **found, "python": platform.python_version()}
 
 

@@ -12,10 +12,10 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from vgg_jax.train.config import RUN_LOCAL_FIELDS, TrainConfig
 from vgg_jax.errors import UserError
 from vgg_jax.faults import maybe_kill, maybe_pause
 from vgg_jax.fileio import TEMP_PREFIX, atomic_path, clean_stale_temps, os_reason
+from vgg_jax.train.config import RUN_LOCAL_FIELDS, TrainConfig
 
 RUN_FILE = "run.json"
 LOCK_FILE = ".lock"

@@ -15,9 +15,9 @@ import optax
 
 from vgg_jax.models.classifier import Classifier, apply_fn
 from vgg_jax.models.freeze import parse_lr_mults, split
+from vgg_jax.models.weights import Weights
 from vgg_jax.train import parallel
 from vgg_jax.train.config import TrainConfig
-from vgg_jax.models.weights import Weights
 from vgg_jax.train.network import build_model, init_params
 from vgg_jax.train.optim import make_optimizer
 from vgg_jax.train.step import TrainState, create_state, eval_step, train_step

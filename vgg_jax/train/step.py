@@ -25,7 +25,9 @@ class TrainState:
     step: jax.Array
     params: dict  # trainable only
     opt_state: optax.OptState
-    rng: jax.Array  # base key; example row r of step k uses fold_in(fold_in(rng, k), r): resumed runs draw the same masks
+    rng: (
+        jax.Array
+    )  # base key; example row r of step k uses fold_in(fold_in(rng, k), r): resumed runs draw the same masks
 
 
 def create_state(trainable: Mapping[str, Any], tx: optax.GradientTransformation, seed: int) -> TrainState:

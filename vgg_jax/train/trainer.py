@@ -116,7 +116,9 @@ def _train(cfg: TrainConfig, topo: Topology, resume: bool, inputs: Inputs, weigh
                                                  topo, cut))  # fmt: skip
     trainable, frozen = param_bytes(run.state.params) // 4, param_bytes(run.frozen) // 4
     say(f"trainable: {', '.join(sorted(run.state.params))} ({trainable:,} params); frozen: {frozen:,} params")
-    metrics = rundir.Metrics(run_dir, resume_step=int(run.state.step) if resume else None, say=say) if topo.lead else None
+    metrics = (
+        rundir.Metrics(run_dir, resume_step=int(run.state.step) if resume else None, say=say) if topo.lead else None
+    )
     # ---- feed: the images, or a cut's outputs from the feature cache
     if cut is not None:
         feed = cached_feed(cfg, run, weights, inputs.train, inputs.valid, inputs.local_eval_bs, cut)
