@@ -169,33 +169,46 @@ def build_parser() -> argparse.ArgumentParser:
     parser = Parser(prog="vgg-jax", description="Keras VGG16 weights in JAX/Flax: convert, classify, train.")
     sub = parser.add_subparsers(dest="command", required=True)
     parser.commands = sub.choices  # name -> its parser, which words the library's messages in its flags
+    commands = [
+        ("convert", "convert a Keras VGG weights file (any Keras version) to a params file", convert_arguments,
+         _convert),
+        ("classify", "top-5 ImageNet classes for an image (sanity check of ported weights)", _classify_arguments,
+         _classify),
+        ("train", "train a new head (and optionally upper layers) on an image folder or tfds dataset",
+         _train_arguments, _train),
+        ("evaluate", "accuracy, log loss and confusion matrix of a run's best checkpoint", _evaluate_arguments,
+         _evaluate),
+        ("predict", "write Kaggle's id,label CSV (label = P(class 1)) for a folder of images", _predict_arguments,
+         _predict),
+        ("export", "write a run's trained network for vgg_jax.load, Keras, jax.export or TF", _export_arguments,
+         _export),
+        ("bench", "images/s of our inference and train-step variants (benchmarks/throughput.py)", None, _bench),
+        ("demo", "the README's main job: port VGG16 weights and check parity (offline-safe)", _demo_arguments, _demo),
+    ]  # fmt: skip
+    for name, help_text, arguments, handler in commands:
+        p = sub.add_parser(name, help=help_text, add_help=arguments is not None)  # bench: its own parser's --help
+        if arguments is not None:
+            arguments(p)
+        p.set_defaults(func=handler)
+    return parser
 
-    p = sub.add_parser("convert", help="convert a Keras VGG weights file (any Keras version) to a params file")
-    convert_arguments(p)
-    p.set_defaults(func=_convert)
 
-    p = sub.add_parser("classify", help="top-5 ImageNet classes for an image (sanity check of ported weights)")
+def _classify_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("image")
     p.add_argument("--weights", required=True, help="params file from `vgg-jax convert` (or a Keras .h5/.keras file)")
     p.add_argument("--top", type=int, default=5)
-    p.set_defaults(func=_classify)
 
-    p = sub.add_parser(
-        "train", help="train a new head (and optionally upper layers) on an image folder or tfds dataset"
-    )
-    _train_arguments(p)
-    p.set_defaults(func=_train)
 
-    p = sub.add_parser("evaluate", help="accuracy, log loss and confusion matrix of a run's best checkpoint")
+def _evaluate_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("run", help="run folder written by `vgg-jax train`")
     p.add_argument("--data", help="data to score (default: the run's --data)")
     p.add_argument("--split", default="valid", choices=["train", "valid"])
     p.add_argument("--batch-size", type=int)
     p.add_argument("--report", help="folder for report.json, the PNGs and misclassified.csv (default: RUN/eval)")
     p.add_argument("--top-losses", type=int, default=16, help="images in top_losses.png: the most confidently wrong")
-    p.set_defaults(func=_evaluate)
 
-    p = sub.add_parser("predict", help="write Kaggle's id,label CSV (label = P(class 1)) for a folder of images")
+
+def _predict_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("run", help="run folder written by `vgg-jax train`")
     p.add_argument("images", help="folder of unlabelled images (e.g. test1/) or a data root with test1/")
     p.add_argument("--csv", help="output CSV (default: RUN/predictions.csv)")
@@ -207,9 +220,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="kaggle: id,label (label = P(class 1); a column per class beyond two); "
         "full: path, predicted class and every class's probability",
     )
-    p.set_defaults(func=_predict)
 
-    p = sub.add_parser("export", help="write a run's trained network for vgg_jax.load, Keras, jax.export or TF")
+
+def _export_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("run", help="run folder written by `vgg-jax train`")
     p.add_argument("-o", "--output", required=True, help="file (or SavedModel folder) to write")
     p.add_argument(
@@ -219,21 +232,14 @@ def build_parser() -> argparse.ArgumentParser:
         "(default: from the output's suffix)",
     )
     p.add_argument("--which", choices=["best", "latest"], default="best", help="checkpoint to export")
-    p.set_defaults(func=_export)
 
-    p = sub.add_parser(
-        "bench", add_help=False, help="images/s of our inference and train-step variants (benchmarks/throughput.py)"
-    )
-    p.set_defaults(func=_bench)
 
-    p = sub.add_parser("demo", help="the README's main job: port VGG16 weights and check parity (offline-safe)")
+def _demo_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--weights", help="Keras VGG16 weights file (default: cached or downloaded official file, else random)"
     )
     p.add_argument("--out", default="runs/demo", help="folder for the converted params")
     p.add_argument("--offline", action="store_true", help="do not try to download")
-    p.set_defaults(func=_demo)
-    return parser
 
 
 def _train_arguments(p: argparse.ArgumentParser) -> None:
