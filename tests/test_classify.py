@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from vgg_jax.convert import legacy
@@ -25,6 +26,7 @@ def test_class_names_are_keras_imagenet_index():
     )
 
 
+@pytest.mark.slow
 def test_top5_matches_keras_on_a_real_jpeg(vgg16, tmp_path):
     """Same file, same weights: our top-5 classes and probabilities are Keras' own."""
     import keras
@@ -42,6 +44,7 @@ def test_top5_matches_keras_on_a_real_jpeg(vgg16, tmp_path):
     assert rel_error([p for _, _, p in got], np.sort(want)[::-1][:5]) < 1e-4
 
 
+@pytest.mark.slow
 def test_cli_prints_named_top5_from_h5_and_params(tmp_path):
     params = legacy.random_params(seed=0)
     params["predictions"]["bias"][281] = 1e4  # make "tabby" the certain winner
@@ -67,6 +70,7 @@ def test_cli_prints_named_top5_from_h5_and_params(tmp_path):
         assert len(lines) == 6 and "1. tabby" in lines[1] and "n02123045" in lines[1] and "100.00%" in lines[1]
 
 
+@pytest.mark.slow
 def test_undecodable_image_is_a_one_line_error(tmp_path):
     bad = tmp_path / "cat.jpg"
     bad.write_bytes(b"\xff\xd8\xff\xe0 truncated")

@@ -14,6 +14,8 @@ import pytest
 
 from vgg_jax.convert.source import open_source
 
+pytestmark = pytest.mark.slow  # `vgg-jax convert` in a child process, on full-size Keras VGG16/VGG19 files
+
 
 def run_convert(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(

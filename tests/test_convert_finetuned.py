@@ -212,6 +212,7 @@ def _small_top(keras, *top_layers):
     return keras.Model(inputs, x)
 
 
+@pytest.mark.slow
 def test_unsupported_layers_get_one_line(tmp_path):
     import keras
 
@@ -241,6 +242,7 @@ def test_unsupported_layers_get_one_line(tmp_path):
         assert_one_line(run_convert(tmp_path / name, "-o", out / "x.safetensors"), out, str(tmp_path / name), *needles)
 
 
+@pytest.mark.slow
 def test_dense_after_fc2_that_is_not_the_head(tmp_path):
     import keras
 
@@ -251,6 +253,7 @@ def test_dense_after_fc2_that_is_not_the_head(tmp_path):
                     "layer 'extra' (Dense) after fc2 and before the head is not supported")  # fmt: skip
 
 
+@pytest.mark.slow
 def test_keras_model_without_a_vgg(tmp_path):
     import keras
 

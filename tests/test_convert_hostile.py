@@ -109,6 +109,7 @@ def virtual_dataset(tmp_path: Path):
     return make, f"dataset '{KERNEL}' reads another file (virtual dataset over {other})"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("attack", [external_storage, external_link, virtual_dataset])
 def test_hdf5_reading_another_file_is_refused(src, tmp_path, attack):
     make, message = attack(tmp_path)
@@ -146,6 +147,7 @@ def test_float16_weights_are_widened_exactly(src, vgg11_params, tmp_path):
             np.testing.assert_array_equal(params[layer][kind], value.astype(np.float16).astype(np.float32))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "values, count",
     [({(0, 0, 0, 0): np.nan, (1, 2, 3, 4): np.nan, (2, 2, 63, 127): np.inf}, 3), ({(0, 1, 2, 3): 1e300}, 1)],
@@ -264,6 +266,7 @@ def zero_bomb(path: Path, size: int) -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_zip_declaring_3_gib_is_refused_before_reading(tmp_path, cache):
     bomb = zero_bomb(tmp_path / "bomb.keras", 1 << 20)
     patch_declared_size(bomb, archive.WEIGHTS, 3 << 30)
@@ -283,6 +286,7 @@ def test_small_zip_bomb_is_refused(tmp_path, cache, monkeypatch):
     assert not (cache / "extract").exists()
 
 
+@pytest.mark.slow
 def test_member_that_lies_about_its_size_stops_at_the_declared_size(tmp_path, cache):
     bomb = zero_bomb(tmp_path / "liar.keras", 64 << 20)
     patch_declared_size(bomb, archive.WEIGHTS, 1 << 20)  # says 1 MiB, inflates to 64 MiB
@@ -294,6 +298,7 @@ def test_member_that_lies_about_its_size_stops_at_the_declared_size(tmp_path, ca
 # ---- the output: unwritable, full, or killed mid-write --------------------------------------------------
 
 
+@pytest.mark.slow
 def test_readonly_output_folder(src, readonly_dir):
     line = one_line(run_cli(src, "-o", readonly_dir / "x.safetensors"))
     assert line.startswith(f"vgg-jax: error: {readonly_dir / 'x.safetensors'}: cannot write the params file here ("), (
@@ -302,6 +307,7 @@ def test_readonly_output_folder(src, readonly_dir):
     assert "read-only file system" in line, line
 
 
+@pytest.mark.slow
 def test_full_disk_is_refused_before_reading(src, full_dir):
     line = one_line(run_cli(src, "-o", full_dir / "x.safetensors"))
     assert f"{full_dir / 'x.safetensors'}: not enough space (" in line and "needs 36.9 MB" in line, line
@@ -319,11 +325,13 @@ def test_disk_filling_up_during_the_write(src, full_dir, monkeypatch):
     assert list(full_dir.iterdir()) == []
 
 
+@pytest.mark.slow
 def test_output_in_proc(src):
     line = one_line(run_cli(src, "-o", "/proc/x.safetensors"))
     assert line.startswith("vgg-jax: error: /proc/x.safetensors: cannot write the params file here ("), line
 
 
+@pytest.mark.slow
 def test_killed_convert_leaves_nothing_after_the_next_run(src, tmp_path, cache):
     """Killed while writing the output: the next convert, even one that fails, removes the dead writer's temp."""
     out = tmp_path / "out" / "x.safetensors"
@@ -341,6 +349,7 @@ def test_killed_convert_leaves_nothing_after_the_next_run(src, tmp_path, cache):
     assert params_io.read_metadata(out)["architecture"] == "vgg11"
 
 
+@pytest.mark.slow
 def test_killed_extraction_leaves_nothing_after_the_next_run(deflated, tmp_path, cache):
     out = tmp_path / "x.safetensors"
     killed = run_cli(deflated, "-o", out, VGG_JAX_FAULT="convert-extract@2", VGG_JAX_CACHE=str(cache))

@@ -4,7 +4,11 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from vgg_jax.convert import legacy
+
+pytestmark = pytest.mark.slow  # a full-size (528 MB) VGG16 file converted in a child process
 
 # Run the converter as a grandchild so RUSAGE_CHILDREN measures it alone.
 MEASURE = """

@@ -103,6 +103,7 @@ def test_tensorflow_is_kept_off_accelerators():
     assert _tf().config.get_visible_devices("GPU") == []
 
 
+@pytest.mark.slow
 def test_importing_the_pipeline_loads_neither_tensorflow_nor_jax():
     code = "import sys, vgg_jax.data, vgg_jax.data.decode, vgg_jax.data.batching, vgg_jax.data.tfds; print(sorted(m for m in ('tensorflow', 'jax', 'tensorflow_datasets', 'grain') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout

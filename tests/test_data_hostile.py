@@ -207,6 +207,7 @@ def test_header_dimensions_are_the_decoded_size(tmp_path, fmt, kw):
     assert image_dimensions(path) == (123, 37) and check_image_file(path) is None, f"seed 7, {fmt} {kw}"
 
 
+@pytest.mark.slow
 def test_classify_refuses_a_decompression_bomb_in_one_line(tmp_path, bomb):
     from vgg_jax.convert import legacy
 

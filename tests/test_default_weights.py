@@ -77,6 +77,7 @@ def test_library_imagenet_weights_download_on_first_use(mirror, tmp_path):
     assert model.apply({"params": params}, jnp.zeros((1, 32, 32, 3))).shape == (1, 512)
 
 
+@pytest.mark.slow
 def test_offline_default_weights_fail_in_one_line_before_the_data(tmp_path):
     """The data folder does not exist: had it been listed first, the error would name it instead."""
     out = tmp_path / "run"

@@ -6,6 +6,10 @@ import os
 import subprocess
 import sys
 
+import pytest
+
+pytestmark = pytest.mark.slow  # `vgg-jax demo` in a child process
+
 
 def test_demo_offline_whole_recipe(tmp_path):
     env = {

@@ -21,6 +21,8 @@ from vgg_jax import cli
 from vgg_jax.models import params_io
 from vgg_jax.fileio import TEMP_PREFIX
 
+pytestmark = pytest.mark.slow  # `vgg-jax convert --download` in a child process; Keras' full-size VGG16 no-top files
+
 NOTOP = download.OFFICIAL["vgg16-notop"]
 
 

@@ -135,6 +135,7 @@ def max_diff(got, want) -> float:
     return float(np.abs(got - want).max())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("top", TOPS)
 def test_stablehlo_matches_predictor(exports, top):
     _, ours, theirs = exports[top]
@@ -143,6 +144,7 @@ def test_stablehlo_matches_predictor(exports, top):
     assert max_diff(theirs["stablehlo_1"], ours[:1]) < TOL, (top, SEED)  # another batch size, same file
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("top", TOPS)
 def test_keras_matches_predictor(exports, top):
     _, ours, theirs = exports[top]
@@ -151,6 +153,7 @@ def test_keras_matches_predictor(exports, top):
     assert max_diff(two_columns(theirs["raw"]), ours) > TOL, (top, SEED, theirs["raw"], ours)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("top", TOPS)
 def test_weights_h5_loads_into_the_architecture(exports, top):
     _, ours, theirs = exports[top]
@@ -158,6 +161,7 @@ def test_weights_h5_loads_into_the_architecture(exports, top):
     assert max_diff(two_columns(theirs["before"]), ours) > TOL, (top, SEED, "fresh weights gave our numbers")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("top", TOPS)
 def test_weights_h5_loads_into_the_sidecars_architecture(exports, pixels, top):
     """The README's other way to rebuild the architecture for a .weights.h5: vgg_jax's helper on the sidecar."""
@@ -172,6 +176,7 @@ def test_weights_h5_loads_into_the_sidecars_architecture(exports, pixels, top):
     assert max_diff(two_columns(theirs), ours) < TOL, (top, SEED)
 
 
+@pytest.mark.slow
 def test_files_honour_the_umask_and_carry_a_sidecar(exports, runs):
     for top, (folder, _, _) in exports.items():
         for name in FILES:
@@ -182,6 +187,7 @@ def test_files_honour_the_umask_and_carry_a_sidecar(exports, runs):
         assert left == sorted([*FILES, *(f"{n}.json" for n in FILES), "read_back.npz"]), left
 
 
+@pytest.mark.slow
 def test_savedmodel_matches_predictor(runs, pixels, tmp_path):
     pytest.importorskip("tensorflow")
     out = tmp_path / "saved"
@@ -265,6 +271,7 @@ def test_existing_savedmodel_folder_is_refused(capsys, runs, tmp_path):
     assert "already exists" in line and "checkpoint step" not in out
 
 
+@pytest.mark.slow
 def test_missing_libraries_one_line(runs, tmp_path):
     """In a process where `import tensorflow` and `import keras` fail, as on a machine without them."""
     script = textwrap.dedent("""

@@ -7,7 +7,11 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from tests.conftest import SMALL
+
+pytestmark = pytest.mark.slow  # a training child process
 
 SEED = 3
 BLOCKER = """

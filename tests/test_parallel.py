@@ -54,6 +54,7 @@ def one(folder, tmp_path_factory):
     return worker(folder, tmp_path_factory.mktemp("one") / "run", devices=1, batch=16)
 
 
+@pytest.mark.slow
 def test_eight_devices_equal_one_and_inputs_are_sharded(folder, one, tmp_path):
     eight = worker(folder, tmp_path / "eight", devices=8, batch=16)
     assert (one["devices"], eight["devices"]) == (1, 8)
@@ -68,6 +69,7 @@ def test_eight_devices_equal_one_and_inputs_are_sharded(folder, one, tmp_path):
     )
 
 
+@pytest.mark.slow
 def test_sharded_fc_weights_give_the_same_parameters(folder, one, tmp_path):
     sharded = worker(folder, tmp_path / "fc", devices=8, batch=16, shard_fc=True)
     specs = sharded["seen"]["params_compiled"]
@@ -80,6 +82,7 @@ def test_sharded_fc_weights_give_the_same_parameters(folder, one, tmp_path):
     )
 
 
+@pytest.mark.slow
 def test_batch_must_divide_over_devices(folder, tmp_path):
     result = worker(folder, tmp_path / "bad", devices=8, batch=12)
     assert result["error"] == "`batch_size` 12 does not divide over 8 devices; use a multiple of 8 (e.g. 8, 16)"
@@ -91,6 +94,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_two_processes_on_localhost_agree(folder, tmp_path):
     """README's two-process launch: two OS processes, CPU, coordinator on 127.0.0.1."""
     port = free_port()
@@ -114,6 +118,7 @@ def test_two_processes_on_localhost_agree(folder, tmp_path):
     assert (tmp_path / "run" / "metrics.jsonl").exists() and (tmp_path / "run" / "run.json").exists()
 
 
+@pytest.mark.slow
 def test_bfloat16_vgg16_forward_close_to_float32():
     params = legacy.random_params(seed=9)
     images = np.random.default_rng(9).integers(0, 256, (1, 224, 224, 3), dtype=np.uint8)

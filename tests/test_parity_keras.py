@@ -16,6 +16,8 @@ from vgg_jax import api, preprocess_input
 from vgg_jax.models import arch
 from vgg_jax.models.vgg import VGG
 
+pytestmark = pytest.mark.slow  # full-size VGG16/VGG19 (224 px) and their Keras files
+
 TOLERANCE = 1e-4
 
 

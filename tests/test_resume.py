@@ -23,6 +23,8 @@ from vgg_jax.errors import UserError
 from vgg_jax.inference.evaluate import evaluate, load_run
 from vgg_jax.data.synthetic import write_folder
 
+pytestmark = pytest.mark.slow  # `vgg-jax train` child processes, killed and resumed
+
 ARGS = [
     "--weights", "random", "--arch", "vgg11", "--widths", "8,8,16,16,16", "--fc-units", "32", "--image-size", "32",
     "--batch-size", "4", "--epochs", "3", "--freeze-through", "none", "--lr", "3e-2", "--checkpoint-every", "1",

@@ -65,6 +65,7 @@ def one_error_line(err: str) -> str:
     return lines[0]
 
 
+@pytest.mark.slow
 def test_two_trains_started_together_on_one_folder(folder, tmp_path):
     """Both start at once; whichever takes the lock is held there (a test hook, not a sleep) while the other
     must refuse with the holder's pid; then the holder is released and finishes intact."""

@@ -114,17 +114,20 @@ def vgg16_costs():
     return costs
 
 
+@pytest.mark.slow
 def test_frozen_head_step_costs_one_forward(vgg16_costs):
     for variant in ("fc2", "fc2 + clip"):
         ratio = vgg16_costs[variant] / vgg16_costs["forward"]
         assert 0.95 <= ratio <= 1.05, f"{variant}: {ratio:.3f}x the forward's FLOPs"
 
 
+@pytest.mark.slow
 def test_block5_finetune_well_under_full(vgg16_costs):
     assert vgg16_costs["block4 (fine-tune block5)"] < 0.6 * vgg16_costs["none (full fine-tune)"]
     assert vgg16_costs["none (full fine-tune)"] > 2.5 * vgg16_costs["forward"]
 
 
+@pytest.mark.slow
 def test_cost_analysis_sees_the_naive_trap(vgg16_costs):
     """The measure can fail: the naive variant that differentiates the backbone costs ~3x."""
     assert vgg16_costs["naive full grad + adam(all)"] > 2.5 * vgg16_costs["forward"]

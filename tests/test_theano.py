@@ -71,6 +71,7 @@ def test_fc1_row_reorder_matches_channels_first_flatten():
     assert rel_error(features.reshape(2, -1) @ w_chw, want) > 0.1
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "writer, fmt",
     [
@@ -89,6 +90,7 @@ def test_theano_files_match_keras(vgg16, images, tmp_path, writer, fmt):
     assert err <= 1e-4, f"logits rel error {err:.2e}"
 
 
+@pytest.mark.slow
 def test_keras1_tf_file_needs_no_transform(vgg16, images, tmp_path):
     path = tmp_path / "vgg16_weights_tf_dim_ordering_tf_kernels.h5"
     legacy.write_keras1(path, canonical_params(vgg16.full), "tf")
@@ -98,6 +100,7 @@ def test_keras1_tf_file_needs_no_transform(vgg16, images, tmp_path):
         np.testing.assert_array_equal(params[name]["kernel"], layer["kernel"])
 
 
+@pytest.mark.slow
 def test_kernels_override_changes_the_result(vgg16, images, tmp_path):
     """--kernels tf on a Theano file skips the flip: the numbers go wrong, proving the flip matters at full size."""
     path = tmp_path / "vgg16_th.h5"
@@ -107,6 +110,7 @@ def test_kernels_override_changes_the_result(vgg16, images, tmp_path):
     assert rel_error(ours(tmp_path / "wrong.safetensors", "vgg16", True, images), vgg16.logits) > 1e-2
 
 
+@pytest.mark.slow
 def test_float64_reference_in_both_conventions(vgg16, tmp_path):
     """The numpy reference, run on the Theano file's raw arrays (true convolution, NCHW flatten) and on
     Keras' own arrays, agrees with Keras: an independent check of the whole Theano mapping."""
@@ -123,6 +127,7 @@ def test_float64_reference_in_both_conventions(vgg16, tmp_path):
     assert rel_error(tf, want) < 1e-4
 
 
+@pytest.mark.slow
 def test_convert_check_flag_runs_parity(tmp_path):
     """`vgg-jax convert --check` on a Theano-layout VGG11 file: both outputs within tolerance, exit 0."""
     import subprocess

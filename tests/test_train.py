@@ -166,6 +166,7 @@ def test_divergence_stops_with_a_clear_message(folder, tmp_path):
     )
 
 
+@pytest.mark.slow
 def test_cli_errors_are_one_line(folder, tmp_path):
     result = subprocess.run(
         [sys.executable, "-m", "vgg_jax", "train", "--data", str(tmp_path / "missing"), "--out", str(tmp_path / "r"),
