@@ -15,6 +15,24 @@ SMALL = {"arch": "vgg11", "widths": (8, 8, 16, 16, 16), "fc_units": 32, "image_s
 SMALL_NET = {"depths": (1, 1, 1, 1, 1), "widths": (8, 8, 16, 16, 16), "fc_units": 32}
 
 
+@pytest.fixture(scope="session", autouse=True)
+def session_cache(tmp_path_factory):
+    """One $VGG_JAX_CACHE for the session (a module or test may point it elsewhere), so nothing lands in ~/.cache,
+    and jax's persistent compilation cache in its jax/ folder from the first compile on, as the CLI sets it up: the
+    small VGG's steps, compiled again by every trainer run in this process and in child processes, are read back."""
+    import jax
+
+    folder = tmp_path_factory.mktemp("vgg-jax-cache")
+    settings = {"jax_compilation_cache_dir": str(folder / "jax"), "jax_persistent_cache_min_compile_time_secs": 0.1,
+                "jax_persistent_cache_min_entry_size_bytes": 0}  # fmt: skip
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("VGG_JAX_CACHE", str(folder))
+        for name, value in settings.items():
+            jax.config.update(name, value)
+            mp.setenv(name.upper(), str(value))  # child processes that do not start through the CLI
+        yield folder
+
+
 @pytest.fixture(scope="session")
 def images() -> np.ndarray:
     """Two random uint8 RGB images at 224x224, the size the ImageNet top needs."""

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from functools import cache
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -35,8 +36,18 @@ def images() -> np.ndarray:
 def _base(keras):
     """VGG16 without its top at 32x32, random weights (seeded)."""
     base = keras.applications.VGG16(weights=None, include_top=False, input_shape=(SIZE, SIZE, 3))
-    randomize(base, SEED)
+    base.set_weights(_base_weights())
     return base
+
+
+@cache
+def _base_weights() -> list:
+    """randomize's weights (seed SEED) for the no-top VGG16, drawn once for every _base."""
+    import keras
+
+    base = keras.applications.VGG16(weights=None, include_top=False, input_shape=(SIZE, SIZE, 3))
+    randomize(base, SEED)
+    return base.get_weights()
 
 
 def _finish(model, scale: float = 0.02, seed: int = SEED):

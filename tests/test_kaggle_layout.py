@@ -46,12 +46,12 @@ def kaggle(tmp_path_factory):
 @pytest.fixture(scope="module")
 def kaggle_run(kaggle, tmp_path_factory, cache):
     """A tiny run trained on `--data ROOT`, and what it printed."""
-    os.environ["VGG_JAX_CACHE"] = str(cache)
     out = tmp_path_factory.mktemp("runs") / "root"
     capture = tmp_path_factory.mktemp("log") / "stdout"
     import contextlib
 
-    with open(capture, "w") as f, contextlib.redirect_stdout(f):
+    with pytest.MonkeyPatch.context() as mp, open(capture, "w") as f, contextlib.redirect_stdout(f):
+        mp.setenv("VGG_JAX_CACHE", str(cache))
         result = train(TrainConfig(data=str(kaggle), out=str(out), epochs=1, weights="random", **SMALL))
     return out, result, capture.read_text()
 

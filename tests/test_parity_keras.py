@@ -3,7 +3,9 @@ converted by us, must give Keras' logits and no-top features (max relative error
 
 from __future__ import annotations
 
+import shutil
 from functools import cache
+from pathlib import Path
 
 import jax
 import numpy as np
@@ -62,11 +64,19 @@ def check(ref: KerasReference, path, tmp_path, images, include_top: bool, want_l
     return report
 
 
+@pytest.fixture(scope="module")
+def vgg16_files(vgg16, tmp_path_factory) -> dict[str, Path]:
+    """vgg16.full written once in each Keras 3 format (~550 MB each): {format: path}. Shared by the tests below:
+    one that edits a file edits its own copy."""
+    folder = tmp_path_factory.mktemp("vgg16_keras3")
+    for filename, write in KERAS3_WRITERS.values():
+        write(vgg16.full, str(folder / filename))
+    return {fmt: folder / filename for fmt, (filename, _) in KERAS3_WRITERS.items()}
+
+
 @pytest.mark.parametrize("fmt", list(KERAS3_WRITERS))
-def test_vgg16_keras3_formats(vgg16, fmt, tmp_path, images):
-    filename, write = KERAS3_WRITERS[fmt]
-    write(vgg16.full, str(tmp_path / filename))
-    check(vgg16, tmp_path / filename, tmp_path, images, include_top=True)
+def test_vgg16_keras3_formats(vgg16, vgg16_files, fmt, tmp_path, images):
+    check(vgg16, vgg16_files[fmt], tmp_path, images, include_top=True)
 
 
 def test_vgg16_keras3_notop(vgg16, tmp_path, images):
@@ -112,16 +122,14 @@ def _strip_names(f) -> None:
 
 
 @pytest.mark.parametrize("fmt, names_from", [("keras3 .weights.h5", "order"), ("keras3 .keras", "config.json")])
-def test_vgg16_keras3_without_name_attributes(vgg16, fmt, names_from, tmp_path, images):
+def test_vgg16_keras3_without_name_attributes(vgg16, vgg16_files, fmt, names_from, tmp_path, images):
     """Without the per-layer `name` attributes a .weights.h5 is mapped by class and order (five 512->512 convs
     share one shape, so only the order tells them apart) and a .keras archive by its config.json."""
     import zipfile
 
     import h5py
 
-    filename, write = KERAS3_WRITERS[fmt]
-    path = tmp_path / filename
-    write(vgg16.full, str(path))
+    path = Path(shutil.copy(vgg16_files[fmt], tmp_path / KERAS3_WRITERS[fmt][0]))
     if fmt == "keras3 .keras":
         weights = tmp_path / "model.weights.h5"
         with zipfile.ZipFile(path) as zf:
@@ -158,8 +166,8 @@ def test_vgg16_keras3_channels_first(vgg16, tmp_path, images):
     assert (report.fc1.value, report.fc1.source) == ("hwc", "recorded") and "channels_first" in report.format
 
 
-@pytest.fixture
-def keras20_channels_first(vgg16, tmp_path):
+@pytest.fixture(scope="module")
+def keras20_channels_first(vgg16_files, tmp_path_factory):
     """A Keras 2.0-style channels_first model.save file: HWIO kernels (Keras 2 keeps them so in any data_format),
     a Flatten without data_format (added in Keras 2.1), so fc1 rows in (c,h,w) order. Written from Keras 3's
     legacy .h5 by editing its config and fc1 the way Keras 2.0 had them: the function is unchanged."""
@@ -169,8 +177,8 @@ def keras20_channels_first(vgg16, tmp_path):
 
     from vgg_jax.convert.legacy import fc1_to_chw
 
-    path = tmp_path / "keras20_cf.h5"
-    vgg16.full.save(str(path))
+    path = tmp_path_factory.mktemp("keras20") / "keras20_cf.h5"
+    shutil.copy(vgg16_files["keras3 legacy model.save .h5"], path)
     with h5py.File(path, "r+") as f:
         config = json.loads(f.attrs["model_config"])
         for layer in config["config"]["layers"]:
@@ -205,14 +213,15 @@ def test_fc1_order_inferred_without_a_config_is_flagged_and_overridable(
     from vgg_jax.models import parity
     from vgg_jax.models import params_io
 
-    with h5py.File(keras20_channels_first, "r+") as f:
+    no_config = Path(shutil.copy(keras20_channels_first, tmp_path / "keras20_cf.h5"))
+    with h5py.File(no_config, "r+") as f:
         del f.attrs["model_config"]
     guessed = tmp_path / "guessed.safetensors"
-    report = convert_file(keras20_channels_first, guessed)
+    report = convert_file(no_config, guessed)
     assert (report.fc1.value, report.fc1.source) == ("hwc", "inferred")
     assert "warning       fc1 row order inferred" in str(report) and "`fc1_order=chw`" in str(report), str(report)
     assert rel_error(ours(guessed, "vgg16", True, images), vgg16.logits) > 1e-2
-    assert all(row.ok for row in parity.check(keras20_channels_first, params_io.load(guessed), images))
+    assert all(row.ok for row in parity.check(no_config, params_io.load(guessed), images))
     fixed = tmp_path / "fixed.safetensors"
-    assert convert_file(keras20_channels_first, fixed, fc1_order="chw").fc1.source == "override"
+    assert convert_file(no_config, fixed, fc1_order="chw").fc1.source == "override"
     assert rel_error(ours(fixed, "vgg16", True, images), vgg16.logits) <= TOLERANCE

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 
 import flax.linen as nn
 import jax
@@ -46,6 +47,17 @@ def cache(tmp_path, monkeypatch):
     """A fresh feature cache per test: each test decides what is cached."""
     monkeypatch.setenv("VGG_JAX_CACHE", str(tmp_path / "cache"))
     return tmp_path / "cache"
+
+
+@pytest.fixture(scope="module")
+def recipe_run(folder, weights, tmp_path_factory):
+    """The recipe's defaults (fc2 frozen, dropout 0.5) trained once on `folder`: (run folder, the feature cache it
+    wrote). Tests copy the cache into their own before changing it."""
+    root = tmp_path_factory.mktemp("recipe")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("VGG_JAX_CACHE", str(root / "cache"))
+        train(cfg(folder, root / "run", weights=weights))
+    return root / "run", root / "cache"
 
 
 def cfg(folder, out, **changes) -> TrainConfig:
@@ -106,15 +118,15 @@ def test_masks_depend_on_step_and_row_only():
     assert len({tuple(row) for row in data(keys)}) == 6
 
 
-def test_recipe_dropout_changes_training_of_the_head_alone(folder, weights, tmp_path, cache):
+def test_recipe_dropout_changes_training_of_the_head_alone(folder, weights, recipe_run, tmp_path, cache):
     """fc1 and fc2 are frozen in the recipe, yet their dropout acts: --dropout 0.5 and 0 train differently."""
-    train(cfg(folder, tmp_path / "d5", weights=weights))
+    d5, _ = recipe_run  # the defaults: dropout 0.5
     train(cfg(folder, tmp_path / "d0", weights=weights, dropout=0.0))
-    with_dropout, without = trained(tmp_path / "d5"), trained(tmp_path / "d0")
+    with_dropout, without = trained(d5), trained(tmp_path / "d0")
     assert sorted(with_dropout) == ["head"]
     diff = float(np.max(np.abs(with_dropout["head"]["kernel"] - without["head"]["kernel"])))
     assert diff > 1e-3, diff
-    recorded = run_json(tmp_path / "d5")
+    recorded = run_json(d5)
     assert recorded["dropout"] == {"rate": 0.5, "after": ["fc1", "fc2"], "in_training_even_if_frozen": True}
     assert recorded["feature_cache"]["cut"] == "fc1" and run_json(tmp_path / "d0")["feature_cache"]["cut"] == "fc2"
 
@@ -214,8 +226,8 @@ DAMAGE = {
 
 
 @pytest.mark.parametrize("damage", sorted(DAMAGE))
-def test_damaged_cache_is_recomputed_after_one_line(folder, weights, tmp_path, cache, capsys, damage):
-    train(cfg(folder, tmp_path / "one", weights=weights))
+def test_damaged_cache_is_recomputed_after_one_line(folder, weights, recipe_run, tmp_path, cache, capsys, damage):
+    shutil.copytree(recipe_run[1], cache)  # the cache a first run of the recipe left
     (meta,) = cache.glob("features/*/train.json")
     DAMAGE[damage](meta.with_suffix(".npy"), meta)
     capsys.readouterr()

@@ -47,8 +47,9 @@ def cfg(folder, out, **changes) -> TrainConfig:
 def trained(folder, tmp_path_factory):
     """A finished run with epoch-end and mid-epoch checkpoints (kept: the last 2 and the best)."""
     out = tmp_path_factory.mktemp("runs") / "run"
-    os.environ["VGG_JAX_CACHE"] = str(out.parent / "cache")
-    train(cfg(folder, out, epochs=3, freeze_through="none", checkpoint_every=1, keep_checkpoints=2))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("VGG_JAX_CACHE", str(out.parent / "cache"))
+        train(cfg(folder, out, epochs=3, freeze_through="none", checkpoint_every=1, keep_checkpoints=2))
     return out
 
 

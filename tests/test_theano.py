@@ -71,19 +71,23 @@ def test_fc1_row_reorder_matches_channels_first_flatten():
     assert rel_error(features.reshape(2, -1) @ w_chw, want) > 0.1
 
 
+THEANO_WRITERS = {"Keras 0.x": legacy.write_keras0, "Keras 1": lambda p, params: legacy.write_keras1(p, params, "th")}
+
+
+@pytest.fixture(scope="module")
+def theano_files(vgg16, tmp_path_factory) -> dict:
+    """vgg16.full's weights written once in each Theano layout (~550 MB each): {format: path}, read-only."""
+    folder = tmp_path_factory.mktemp("theano")
+    files = {fmt: folder / f"vgg16_th_{i}.h5" for i, fmt in enumerate(THEANO_WRITERS)}
+    for fmt, write in THEANO_WRITERS.items():
+        write(files[fmt], canonical_params(vgg16.full))
+    return files
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize(
-    "writer, fmt",
-    [
-        (legacy.write_keras0, "Keras 0.x"),
-        (lambda p, params: legacy.write_keras1(p, params, "th"), "Keras 1"),
-    ],
-    ids=["keras0-gist", "keras1-th-dim-ordering-th-kernels"],
-)
-def test_theano_files_match_keras(vgg16, images, tmp_path, writer, fmt):
-    path = tmp_path / "vgg16_th.h5"
-    writer(path, canonical_params(vgg16.full))
-    report = convert_file(path, tmp_path / "out.safetensors")
+@pytest.mark.parametrize("fmt", list(THEANO_WRITERS), ids=["keras0-gist", "keras1-th-dim-ordering-th-kernels"])
+def test_theano_files_match_keras(vgg16, images, theano_files, tmp_path, fmt):
+    report = convert_file(theano_files[fmt], tmp_path / "out.safetensors")
     assert report.format.startswith(fmt) and report.kernels.value == "theano"
     assert any("180" in t for t in report.transforms) and any("fc1 rows" in t for t in report.transforms)
     err = rel_error(ours(tmp_path / "out.safetensors", "vgg16", True, images), vgg16.logits)
@@ -101,24 +105,20 @@ def test_keras1_tf_file_needs_no_transform(vgg16, images, tmp_path):
 
 
 @pytest.mark.slow
-def test_kernels_override_changes_the_result(vgg16, images, tmp_path):
+def test_kernels_override_changes_the_result(vgg16, images, theano_files, tmp_path):
     """--kernels tf on a Theano file skips the flip: the numbers go wrong, proving the flip matters at full size."""
-    path = tmp_path / "vgg16_th.h5"
-    legacy.write_keras0(path, canonical_params(vgg16.full))
-    report = convert_file(path, tmp_path / "wrong.safetensors", kernels="tf")
+    report = convert_file(theano_files["Keras 0.x"], tmp_path / "wrong.safetensors", kernels="tf")
     assert report.kernels.source == "override"
     assert rel_error(ours(tmp_path / "wrong.safetensors", "vgg16", True, images), vgg16.logits) > 1e-2
 
 
 @pytest.mark.slow
-def test_float64_reference_in_both_conventions(vgg16, tmp_path):
+def test_float64_reference_in_both_conventions(vgg16, theano_files):
     """The numpy reference, run on the Theano file's raw arrays (true convolution, NCHW flatten) and on
     Keras' own arrays, agrees with Keras: an independent check of the whole Theano mapping."""
     small = np.random.default_rng(5).integers(0, 256, (1, 224, 224, 3), dtype=np.uint8)
     want = vgg16.full.predict(reference.preprocess(small).astype(np.float32), verbose=0)
-    path = tmp_path / "vgg16_th.h5"
-    legacy.write_keras0(path, canonical_params(vgg16.full))
-    with open_source(path) as source:
+    with open_source(theano_files["Keras 0.x"]) as source:
         layers = [(l.read(0), l.read(1)) for l in source.layers]
     th = reference.forward(layers[:13], layers[13:], arch.DEPTHS["vgg16"], small, "oihw", true_convolution=True)
     tf_layers = [(v["kernel"], v["bias"]) for v in canonical_params(vgg16.full).values()]

@@ -32,11 +32,10 @@ def folder(tmp_path_factory):
 @pytest.fixture(scope="module")
 def scratch_run(folder, tmp_path_factory, cache):
     """A small VGG trained end to end from random init (every layer trainable)."""
-    import os
-
-    os.environ["VGG_JAX_CACHE"] = str(cache)
     out = tmp_path_factory.mktemp("runs") / "scratch"
-    result = train(TrainConfig(data=str(folder), out=str(out), epochs=5, freeze_through="none", **SMALL))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("VGG_JAX_CACHE", str(cache))
+        result = train(TrainConfig(data=str(folder), out=str(out), epochs=5, freeze_through="none", **SMALL))
     return out, result
 
 
