@@ -25,6 +25,8 @@ print(json.dumps({"rc": r.returncode, "wall_s": time.perf_counter() - t,
                   "peak_rss_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024,
                   "stdout": r.stdout[-20000:], "stderr": r.stderr[-4000:]}))
 """
+# The smoke-test network of every benchmark's --tiny (ours and the peers'): VGG11's depths, narrow layers, 32 px.
+TINY_VGG = {"depths": (1, 1, 2, 2, 2), "widths": (8, 8, 16, 16, 16), "fc_units": 32, "size": 32}
 QUIET = {"TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONWARNINGS": "ignore", "JAX_PLATFORMS": "cpu"}
 
 

@@ -18,15 +18,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.child import add_step_arguments, emit, skip
+from benchmarks.child import TINY_VGG, add_step_arguments, emit, skip
 from benchmarks.timing import repeat_ops, threads_info, timed_steps
 
-TINY = {
-    "depths": (1, 1, 2, 2, 2),
-    "widths": (8, 8, 16, 16, 16),
-    "fc_units": 32,
-    "size": 32,
-}  # throughput.py TINY: a VGG11
+TINY = TINY_VGG  # the smoke-test VGG11 every benchmark shares
 
 
 def build(keras, tiny: bool):

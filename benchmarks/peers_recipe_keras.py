@@ -46,18 +46,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.child import emit, skip
+from benchmarks.child import TINY_VGG, emit, skip
 from benchmarks.timing import CpuShare, threads_info
 from vgg_jax.errors import UserError
 from vgg_jax.fileio import atomic_path, check_writable
 
 FULL = {"depths": (2, 2, 3, 3, 3), "widths": (64, 128, 256, 512, 512), "fc_units": 4096, "size": 224}
-TINY = {
-    "depths": (1, 1, 2, 2, 2),
-    "widths": (8, 8, 16, 16, 16),
-    "fc_units": 32,
-    "size": 32,
-}  # throughput.py TINY: a VGG11
+TINY = TINY_VGG  # the smoke-test VGG11 every benchmark shares
 CLASSES = ("cats", "dogs")
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".tif", ".tiff"}  # what flow_from_directory lists
 SEED = 0

@@ -29,12 +29,13 @@ import numpy as np
 if __name__ == "__main__":  # run as a script: make `benchmarks` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.child import TINY_VGG
 from benchmarks.timing import cpu_count, peak_rss_mb, timed_steps
 
 VARIANTS = ("infer", "frozen", "block5", "full", "naive")
 FREEZE = {"frozen": "fc2", "block5": "block4", "full": "none", "naive": "fc2"}
-TINY = {"arch": "vgg11", "widths": (8, 8, 16, 16, 16), "fc_units": 32}  # TrainConfig fields of a smoke-test VGG
-TINY_NET = {"depths": (1, 1, 2, 2, 2), "widths": TINY["widths"], "fc_units": TINY["fc_units"]}  # its Classifier fields
+TINY = {"arch": "vgg11", "widths": TINY_VGG["widths"], "fc_units": TINY_VGG["fc_units"]}  # as TrainConfig fields
+TINY_NET = {k: TINY_VGG[k] for k in ("depths", "widths", "fc_units")}  # as Classifier fields
 
 
 def compiler_options(xla: str) -> dict | None:
