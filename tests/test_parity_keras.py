@@ -84,14 +84,21 @@ def test_vgg16_keras3_notop(vgg16, tmp_path, images):
     check(vgg16, tmp_path / "notop.weights.h5", tmp_path, images, include_top=False)
 
 
-@pytest.mark.parametrize("how", ["save_weights", "model.save"])
-def test_vgg16_tf_keras_keras2_layout(vgg16, how, tmp_path, images):
-    """tf-keras writes the Keras 2 layout; compare against tf-keras' own outputs and preprocessing."""
+@pytest.fixture(scope="module")
+def tf_keras_vgg16(vgg16, images):
+    """vgg16 copied into a tf-keras VGG16 with its top, and tf-keras' own logits (and preprocessing) for `images`."""
     model, tf_keras = _tf_keras_model(vgg16, include_top=True)
+    x = tf_keras.applications.vgg16.preprocess_input(images.astype(np.float32))
+    return model, model.predict(x, verbose=0)
+
+
+@pytest.mark.parametrize("how", ["save_weights", "model.save"])
+def test_vgg16_tf_keras_keras2_layout(vgg16, tf_keras_vgg16, how, tmp_path, images):
+    """tf-keras writes the Keras 2 layout; compare against tf-keras' own outputs and preprocessing."""
+    model, logits = tf_keras_vgg16
     path = str(tmp_path / "keras2.h5")
     model.save_weights(path) if how == "save_weights" else model.save(path)
-    x = tf_keras.applications.vgg16.preprocess_input(images.astype(np.float32))
-    check(vgg16, path, tmp_path, images, include_top=True, want_logits=model.predict(x, verbose=0))
+    check(vgg16, path, tmp_path, images, include_top=True, want_logits=logits)
 
 
 def test_vgg16_tf_keras_notop(vgg16, tmp_path, images):

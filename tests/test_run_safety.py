@@ -14,6 +14,7 @@ import jax
 import numpy as np
 import pytest
 
+from tests.conftest import SMALL
 from vgg_jax.train.checkpoint import COMMIT, Checkpoints
 from vgg_jax.cli import main
 from vgg_jax.train.config import TrainConfig
@@ -22,7 +23,6 @@ from vgg_jax.inference.evaluate import load_run
 from vgg_jax.data.synthetic import write_folder
 from vgg_jax.train.trainer import Diverged, train
 
-SMALL = dict(arch="vgg11", widths=(8, 8, 16, 16, 16), fc_units=32, image_size=32, batch_size=4, lr=3e-3)
 SMALL_ARGS = [
     "--weights", "random", "--arch", "vgg11", "--widths", "8,8,16,16,16", "--fc-units", "32", "--image-size", "32",
     "--batch-size", "4",
